@@ -1,0 +1,62 @@
+"""The ``sipl`` command: one CLI, one subcommand per stage or tool.
+
+Each subcommand lives in ``pipelines/<module>.py`` exposing ``configure(parser)`` and ``run(args) -> int``; modules
+are imported only when their subcommand runs, so ``sipl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sipl import env as _env  # noqa: F401
+
+SUBCOMMANDS = {
+    "synthesize": ("pipelines.synthesize", "degrade clean images into WebDataset shards (stage 1)"),
+    "import-benchmark": ("pipelines.import_benchmark", "convert a paired benchmark folder into shards"),
+    "train": ("pipelines.train", "train on Ray Train (stage 2)"),
+    "evaluate": ("pipelines.evaluate", "score refinement steps 0..K on val/test (stage 3)"),
+    "select": ("pipelines.select", "choose the refinement setting on validation (stage 4)"),
+    "report": ("pipelines.report", "write reports/index.html (stage 5)"),
+    "restore": ("pipelines.restore", "restore your own images"),
+    "serve": ("pipelines.serve", "serve the Prefect deployment sipl/full-pipeline"),
+    "doctor": ("pipelines.doctor", "check the repo / DVC / services setup and say what to fix"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+        sub_parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Let the chosen module add its own arguments before the full parse.
+    known, _ = parser.parse_known_args(argv)
+    module = importlib.import_module(known._module)
+    sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
+    module.configure(sub_parser)
+    args = parser.parse_args(argv)
+
+    from sipl.config import ConfigError
+    from sipl.errors import SiplError
+
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, SiplError) as error:
+        print(f"sipl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sipl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""params.yaml, validated once.
+
+Every path and knob of the pipeline lives in ``params.yaml``; this module is the single place that reads it.
+Every model forbids unknown keys, so a typo fails with the key path and what is allowed there instead of being
+silently ignored. Config keys equal the constructor / function arguments they feed.
+
+The training profile (``tiny``, ``small``, ``paper``) is chosen by the top-level ``profile`` key; each profile is a
+complete ``{model, train}`` block under ``profiles``, so ``dvc exp run -S profile=paper`` switches all sizes at once
+and ``-S profiles.tiny.train.steps=500`` changes one knob.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file, the key path and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+class SourceConfig(_Strict):
+    """Where clean images come from.
+
+    ``embedded``: the colour photos shipped inside scikit-image, scikit-learn and matplotlib (no network).
+    ``folder``: a local directory, searched recursively. ``s3``: an ``s3://bucket/prefix`` read through s3fs.
+    """
+
+    kind: Literal["embedded", "folder", "s3"] = "embedded"
+    path: str | None = None
+    name: str | None = Field(None, description="prefix of source ids; defaults to the kind")
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> "SourceConfig":
+        if self.kind == "embedded" and self.path is not None:
+            raise ValueError("an 'embedded' source takes no path; use kind: folder or kind: s3 for your own images")
+        if self.kind in ("folder", "s3") and not self.path:
+            raise ValueError(f"a '{self.kind}' source needs 'path'")
+        if self.kind == "s3" and not str(self.path).startswith("s3://"):
+            raise ValueError(f"an 's3' source path must start with s3:// (got {self.path!r})")
+        return self
+
+
+class SplitsConfig(_Strict):
+    """Per-image split assignment by a stable hash of the source id (never per crop)."""
+
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> "SplitsConfig":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1 so that some images remain for training")
+        return self
+
+
+class SplitCropConfig(_Strict):
+    """How one split cuts a source image: ``per_image`` random crops of ``size`` pixels, or the full image
+    (``size: null``) centre-cropped to a multiple of ``multiple`` and, if ``max_side`` is set, to at most that side."""
+
+    size: int | None = Field(128, ge=16)
+    per_image: int = Field(1, ge=1)
+    multiple: int = Field(16, ge=1)
+    max_side: int | None = Field(None, ge=16)
+
+
+class CropsConfig(_Strict):
+    train: SplitCropConfig = SplitCropConfig(size=128, per_image=12)
+    val: SplitCropConfig = SplitCropConfig(size=128, per_image=2)
+    test: SplitCropConfig = SplitCropConfig(size=None, per_image=1, max_side=256)
+
+
+class TaskConfig(_Strict):
+    """One task: an ordered list of degradation steps (``degradations.apply`` format) and its family.
+
+    A step is ``{name: <registry name>, <param>: value | [low, high]}``; a two-element list is a range the
+    degradation draws from with the sample's generator.
+    """
+
+    family: Literal["noise", "rain", "haze", "blur", "lowlight", "snow", "composite"]
+    steps: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_named(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, step in enumerate(steps):
+            if "name" not in step:
+                raise ValueError(f"step {i} has no 'name' (one of the degradations registry names)")
+        return steps
+
+
+class ShardsConfig(_Strict):
+    """WebDataset output: ``{root}/{split}/{task}-{NNNNNN}.tar`` plus ``{root}/manifest.json``.
+
+    ``root`` may be a local path or an ``s3://`` prefix. ``encoding`` is the lossless in-shard image format."""
+
+    root: str = "data/shards"
+    maxcount: int = Field(256, ge=1)
+    encoding: Literal["npy", "png"] = "npy"
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+class ModelConfig(_Strict):
+    """Arguments of ``sipl.models.build_model``."""
+
+    backbone: Literal["nafnet", "promptir", "restormer"] = "nafnet"
+    size: Literal["tiny", "small", "paper"] = "tiny"
+    sipl: bool = True
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Strict):
+    l1: float = Field(1.0, ge=0.0)
+    charbonnier: float = Field(0.0, ge=0.0)
+    fft: float = Field(0.0, ge=0.0)
+    preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
+
+
+class TrainConfig(_Strict):
+    """Training recipe of one profile. Length is in optimiser steps; ``global_batch`` is the knob and the
+    per-worker batch and gradient accumulation are derived from it and the worker count."""
+
+    steps: int = Field(600, ge=1)
+    global_batch: int = Field(8, ge=1)
+    max_worker_batch: int | None = Field(None, ge=1, description="cap per forward; beyond it gradients accumulate")
+    patch: int = Field(64, ge=16)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float | None = Field(0.5, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    loss: LossConfig = LossConfig()
+    random_proxy: bool = False
+    task_weights: dict[str, float] | None = Field(None, description="per task; null = equal weight per family")
+    val_every: int = Field(200, ge=1)
+    val_max_samples: int = Field(32, ge=1)
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    corrupt_samples: Literal["skip", "fail"] = "skip"
+    loader_workers: int = Field(1, ge=0)
+    shuffle_buffer: int = Field(256, ge=0)
+    bf16: bool = True
+
+
+class ProfileConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class RayConfig(_Strict):
+    """Ray Train scaling. ``RAY_ADDRESS`` in the environment selects an existing cluster; otherwise a local
+    instance is started. ``storage_path`` may be local or ``s3://``."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; null = cpus_per_worker")
+    storage_path: str = ".ray/results"
+    run_name: str = "sipl-train"
+    max_failures: int = Field(2, ge=0)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+class RefineConfig(_Strict):
+    max_steps: int = Field(3, ge=0)
+    schemes: list[Literal["official", "anchored"]] = Field(default_factory=lambda: ["official", "anchored"], min_length=1)
+    scheme: Literal["official", "anchored"] = "anchored"
+
+
+class EvalConfig(_Strict):
+    splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["val", "test"], min_length=1)
+    tile: int | None = Field(None, ge=32, description="tile side for large images; null = whole image")
+    tile_overlap: int = Field(16, ge=0)
+    max_images_per_task: int | None = Field(None, ge=1)
+    classical: bool = True
+    sample_grid_images: int = Field(2, ge=1)
+
+
+class PrefectConfig(_Strict):
+    retries: int = Field(1, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)
+
+
+# ------------------------------------------------------------------------------------------------- root
+
+class Params(_Strict):
+    seed: int = 0
+    profile: Literal["tiny", "small", "paper"] = "tiny"
+    refine_steps: Literal["auto"] | int = "auto"
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1)
+    splits: SplitsConfig = SplitsConfig()
+    crops: CropsConfig = CropsConfig()
+    tasks: dict[str, TaskConfig] = Field(min_length=1)
+    shards: ShardsConfig = ShardsConfig()
+    profiles: dict[Literal["tiny", "small", "paper"], ProfileConfig]
+    ray: RayConfig = RayConfig()
+    refine: RefineConfig = RefineConfig()
+    eval: EvalConfig = EvalConfig()
+    prefect: PrefectConfig = PrefectConfig()
+
+    @field_validator("refine_steps")
+    @classmethod
+    def _non_negative_steps(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("refine_steps must be 'auto' or an integer >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} has no block under 'profiles' (have: {sorted(self.profiles)})")
+        if isinstance(self.refine_steps, int) and self.refine_steps > self.refine.max_steps:
+            raise ValueError(
+                f"refine_steps={self.refine_steps} exceeds refine.max_steps={self.refine.max_steps}; "
+                "raise refine.max_steps (evaluation scores steps 0..max_steps) or lower refine_steps"
+            )
+        train = self.profiles[self.profile].train
+        if train.task_weights:
+            unknown = sorted(set(train.task_weights) - set(self.tasks))
+            if unknown:
+                raise ValueError(f"profiles.{self.profile}.train.task_weights names unknown tasks {unknown}; "
+                                 f"tasks are {sorted(self.tasks)}")
+        return self
+
+    @property
+    def model(self) -> ModelConfig:
+        """Model arguments of the selected profile."""
+        return self.profiles[self.profile].model
+
+    @property
+    def train(self) -> TrainConfig:
+        """Training recipe of the selected profile."""
+        return self.profiles[self.profile].train
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against params.yaml's documented keys)"
+        elif item["type"] in ("literal_error", "enum"):
+            expected = item.get("ctx", {}).get("expected")
+            message = f"got {item.get('input')!r}; allowed: {expected}"
+        lines.append(f"  - {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded mapping; raises ConfigError naming every bad key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (default: the one in the working directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found. Run sipl from the project root (where params.yaml lives) "
+                          "or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw or {}, source=str(path))

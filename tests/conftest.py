@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Quiet, loopback-only tool settings for every test process and its children.
+for _key, _value in {
+    "DVC_NO_ANALYTICS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path, monkeypatch):
+    """A real S3 endpoint (moto_server on 127.0.0.1) with the environment pointing at it."""
+    from tests.services import moto_s3
+
+    with moto_s3(tmp_path / "logs") as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield env
