@@ -1,0 +1,152 @@
+"""Synthesis and data-loading throughput.
+
+Prints, measured in one run:
+1. samples/s of every registered degradation (and the CDD-11 triple composites) on 256×256 uint8 images;
+2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
+   PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
+   as a ratio. Goal: shards >= 2x the folder baseline.
+
+Run: ``.venv/bin/python benchmarks/synthesis.py [--pairs 600] [--epochs 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import degradations  # noqa: E402
+from sipl.shards import Sample, decode_sample, sample_key, write_task_shards  # noqa: E402
+
+CROP = 128
+
+
+def _clean_images(count: int, size: int = 256) -> list[np.ndarray]:
+    """Crops of the embedded photos (so content is natural, not noise)."""
+    from sipl.config import SourceConfig
+    from sipl.sources import load_sources
+
+    photos, _ = load_sources([SourceConfig()])
+    rng = np.random.default_rng(0)
+    out = []
+    while len(out) < count:
+        photo = photos[len(out) % len(photos)].image
+        top = rng.integers(0, photo.shape[0] - size + 1)
+        left = rng.integers(0, photo.shape[1] - size + 1)
+        out.append(np.ascontiguousarray(photo[top:top + size, left:left + size]))
+    return out
+
+
+def bench_degradations(images: list[np.ndarray], seconds: float = 1.0) -> list[tuple[str, float]]:
+    rows = []
+    steps = {name: name for name in sorted(degradations.REGISTRY)}
+    steps.update({f"cdd11:{name}": degradations.CDD11[name] for name in ("low_haze_rain", "low_haze_snow")})
+    for label, step in steps.items():
+        rng = np.random.default_rng(0)
+        degradations.apply(step, images[0], rng)  # warm-up (kernels, caches)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            degradations.apply(step, images[count % len(images)], rng)
+            count += 1
+        rows.append((label, count / (time.perf_counter() - started)))
+    return rows
+
+
+def _random_crop(lq: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    top = rng.integers(0, lq.shape[0] - CROP + 1)
+    left = rng.integers(0, lq.shape[1] - CROP + 1)
+    window = (slice(top, top + CROP), slice(left, left + CROP))
+    return (torch.from_numpy(np.ascontiguousarray(lq[window])).permute(2, 0, 1),
+            torch.from_numpy(np.ascontiguousarray(gt[window])).permute(2, 0, 1))
+
+
+class _ShardCrops:
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, sample: Sample):
+        return _random_crop(sample.lq, sample.gt, self.rng)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """The PromptIR-style baseline: PNG decode with PIL, noise added on the fly (field recipe), random crop."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng(index)
+        gt = np.asarray(Image.open(self.paths[index]).convert("RGB"))
+        lq = np.clip(gt.astype(np.float32) + rng.normal(0, 25, gt.shape).astype(np.float32), 0, 255).astype(np.uint8)
+        return _random_crop(lq, gt, rng)
+
+
+def _throughput(loader, epochs: int) -> float:
+    best = 0.0
+    for _ in range(epochs):
+        count, started = 0, time.perf_counter()
+        for lq, _ in loader:
+            count += lq.shape[0]
+        best = max(best, count / (time.perf_counter() - started))
+    return best
+
+
+def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tuple[float, float]:
+    import webdataset as wds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp, "folder")
+        folder.mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+        rng = np.random.default_rng(1)
+        samples = []
+        for i, image in enumerate(images):
+            lq, _ = degradations.apply({"name": "gaussian_noise", "sigma": 25}, image, rng)
+            samples.append(Sample(sample_key("denoise_25", f"img-{i}", 0), "denoise_25", lq, image, {"i": i}))
+        # enough shards for 2 workers to split them evenly
+        entries = write_task_shards(tmp, "train", "denoise_25", samples, "npy", maxcount=max(1, len(samples) // 8))
+        urls = [str(Path(tmp, "train", entry["name"])) for entry in entries]
+        shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
+                     .map(decode_sample).map(_ShardCrops()))
+        shard_loader = torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers)
+        folder_loader = torch.utils.data.DataLoader(FolderDataset(sorted(folder.glob("*.png"))), batch_size=32,
+                                                    num_workers=workers, shuffle=True)
+        return _throughput(shard_loader, epochs), _throughput(folder_loader, epochs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per degradation")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    images = _clean_images(args.pairs)
+    print(f"degradations on 256x256 uint8 (1 process, {args.seconds:.1f}s each)")
+    print(f"  {'degradation':<24}{'samples/s':>12}{'ms/sample':>12}")
+    for name, rate in bench_degradations(images[:32], args.seconds):
+        print(f"  {name:<24}{rate:>12.1f}{1000 / rate:>12.2f}")
+    shards, folder = bench_loading(images, args.epochs)
+    print(f"\ntraining read, {args.pairs} pairs of 256x256, random {CROP} crops, batch 32, 2 DataLoader workers "
+          f"(best of {args.epochs} epochs)")
+    print(f"  webdataset npy shards      {shards:>10.0f} samples/s")
+    print(f"  folder of PNGs + noise     {folder:>10.0f} samples/s")
+    print(f"  ratio shards / folder      {shards / folder:>10.2f}x   (goal >= 2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""`sipl restore INPUT... -o OUT`: restore your own images (files, folders, globs) into PNGs in OUT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sipl import env
+
+env.apply_quiet_defaults()
+
+
+def _steps(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps takes 'auto' or an integer >= 0, got {value!r}") from None
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"--steps must be >= 0, got {steps}")
+    return steps
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("-o", "--output", required=True, help="output folder (PNG files named after the inputs)")
+    parser.add_argument("--steps", type=_steps, default="auto",
+                        help="refinement steps: 'auto' (the setting chosen by `sipl select`) or an integer")
+    parser.add_argument("--scheme", choices=["official", "anchored"], default=None,
+                        help="refinement scheme (default: the selected one, else refine.scheme)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile side in pixels for large images; 0 = never tile (default: 512 above 512 px)")
+    parser.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in pixels")
+    parser.add_argument("--model", default="models", help="exported model folder (default: models)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int, str, str]:
+    """(steps, scheme, where the setting came from) from the CLI, models/selection.json and params.yaml."""
+    from sipl.config import RefineConfig, load_params
+    from sipl.errors import SiplError
+
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    refine_cfg = params.refine if params is not None else RefineConfig()
+    selected = meta.get("selected") or {}
+    if args.steps != "auto":
+        return args.steps, args.scheme or refine_cfg.scheme, "--steps"
+    if "steps" in selected:
+        return int(selected["steps"]), args.scheme or selected.get("scheme", refine_cfg.scheme), \
+            f"{args.model}/selection.json"
+    if params is not None and isinstance(params.refine_steps, int):
+        return params.refine_steps, args.scheme or refine_cfg.scheme, f"{args.params} refine_steps"
+    raise SiplError(f"{args.model}: no selection.json, so --steps auto has nothing to use; run `sipl select` "
+                    "(or `dvc repro select`) first, or pass --steps N")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sipl
+    from sipl import restore
+    from sipl.errors import SiplError
+
+    if args.tile is not None and 0 < args.tile < 32:
+        raise SiplError(f"--tile {args.tile} is too small; use 0 (no tiling) or at least 32")
+    restore_plan = restore.plan(args.inputs, args.output)
+    if not restore_plan.jobs:
+        for argument, reason in restore_plan.missing:
+            print(f"sipl restore: {argument}: {reason}", file=sys.stderr)
+        raise SiplError("no input image found; pass image files, folders or glob patterns")
+    model, meta = sipl.load_model(args.model)
+    steps, scheme, source = resolve_setting(args, meta)
+    print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme} x {steps} step(s) (from {source})",
+          file=sys.stderr)
+    summary = restore.run_plan(model, restore_plan, steps, scheme, args.tile, args.tile_overlap,
+                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    for item in summary["failed"]:
+        print(f"sipl restore: failed: {item['input']}: {item['reason']}", file=sys.stderr)
+    total = sum(item["seconds"] for item in summary["done"])
+    print(f"sipl restore: {len(summary['done'])} written to {args.output} in {total:.1f} s, "
+          f"{len(summary['failed'])} failed", file=sys.stderr)
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,53 @@
+"""`sipl select` (stage 4): choose the refinement scheme and step count on validation.
+
+Reads only ``metrics/eval_steps.json`` (seconds); writes ``metrics/eval.json`` and ``models/selection.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sipl import env
+
+env.apply_quiet_defaults()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps-file", default="metrics/eval_steps.json", help="output of `sipl evaluate`")
+    parser.add_argument("--metrics", default="metrics/eval.json", help="where to write the test metrics")
+    parser.add_argument("--model", default="models", help="model folder that receives selection.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sipl import selection
+    from sipl.checkpoint import write_json_atomic
+    from sipl.config import load_params
+    from sipl.errors import SiplError
+
+    params = load_params(args.params)
+    steps_file = Path(args.steps_file)
+    try:
+        eval_steps = json.loads(steps_file.read_text())
+    except FileNotFoundError:
+        raise SiplError(f"{steps_file}: not found; run `sipl evaluate` (or `dvc repro evaluate`) first") from None
+    except ValueError as error:
+        raise SiplError(f"{steps_file}: not valid JSON ({error}); re-run `sipl evaluate`") from None
+    if not isinstance(eval_steps, dict) or "splits" not in eval_steps:
+        raise SiplError(f"{steps_file}: not an evaluation file (no 'splits'); re-run `sipl evaluate`")
+
+    chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
+                              schemes=list(params.refine.schemes))
+    document = selection.eval_metrics(eval_steps, chosen)
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise SiplError(f"{model_dir}: no model folder; run `sipl train` first")
+    write_json_atomic(args.metrics, document)
+    write_json_atomic(model_dir / "selection.json", selection.selection_file(chosen))
+    all_group = document["groups"]["all"]
+    print(f"sipl select: {chosen['scheme']} x {chosen['steps']} step(s) ({chosen['criterion']}); "
+          f"{document['split']} PSNR {all_group['psnr']:.2f} dB (step 0 {all_group['step0_psnr']:.2f}, input "
+          f"{all_group['input_psnr']:.2f}); per family {chosen['per_family']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,194 @@
+"""``sipl import-benchmark``: the field's paired test folders → shards in the project's format (split ``test``).
+
+Supported layouts (names as the benchmarks ship them):
+
+- ``cbsd68`` / ``kodak``: a folder of clean images; Gaussian noise is added with the field's recipe and a fixed seed,
+  one task per sigma (``denoise_15``, ``denoise_25``, ``denoise_50``).
+- ``rain100l``: ``input/`` + ``target/`` with equal names, or ``rain-NNN.*`` ↔ ``norain-NNN.*`` anywhere below DIR.
+- ``sots``: ``hazy/NNNN_A_beta.*`` ↔ ``clear/NNNN.*`` (several hazy images may share one clear image).
+- ``gopro``: per sequence ``SEQ/blur/*`` ↔ ``SEQ/sharp/*``.
+- ``lol``: ``low/`` ↔ ``high/``.
+- ``cdd11``: the 11 type folders (``low``, ``haze_rain``, …) each ↔ ``clear/`` with equal names.
+
+Pairs are centre-cropped to a multiple of 16 (the field's convention). Every missing partner or size mismatch is
+collected and reported in one list before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sipl.errors import SiplError
+from sipl.imageio import IMAGE_SUFFIXES, read_rgb
+from sipl.shards import MANIFEST, SKIPPED, Sample, write_json, write_task_shards, join, sample_key
+from sipl.sources import safe_id
+from sipl.synthesize import derive_seed
+
+CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
+               "low_haze_rain", "low_haze_snow")
+TASK_FAMILIES = {"derain": "rain", "dehaze": "haze", "deblur": "blur", "lowlight": "lowlight"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    task: str
+    lq: Path | None  # None: synthesised from gt (noise benchmarks)
+    gt: Path
+    name: str
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _same_name_pairs(task: str, lq_dir: Path, gt_dir: Path, problems: list[str], prefix: str = "") -> list[Pair]:
+    lq, gt = _images(lq_dir), _images(gt_dir)
+    for stem in sorted(set(lq) - set(gt)):
+        problems.append(f"{lq[stem]}: no partner in {gt_dir}")
+    for stem in sorted(set(gt) - set(lq)):
+        problems.append(f"{gt[stem]}: no partner in {lq_dir}")
+    return [Pair(task, lq[s], gt[s], prefix + s) for s in sorted(set(lq) & set(gt))]
+
+
+def _pairs_noise(root: Path, problems: list[str], sigmas: list[int]) -> list[Pair]:
+    clean = _images(root)
+    if not clean:
+        problems.append(f"{root}: no images")
+    return [Pair(f"denoise_{sigma}", None, path, stem) for sigma in sigmas for stem, path in clean.items()]
+
+
+def _pairs_rain(root: Path, problems: list[str], _: list[int]) -> list[Pair]:
+    if (root / "input").is_dir() or (root / "target").is_dir():
+        return _same_name_pairs("derain", root / "input", root / "target", problems)
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    clean = {m.group(1): p for p in files if (m := re.fullmatch(r"norain-?(\d+)(x\d)?", p.stem))}
+    rainy = {m.group(1): p for p in files if (m := re.fullmatch(r"rain-?(\d+)(x\d)?", p.stem))}
+    for number in sorted(set(rainy) - set(clean)):
+        problems.append(f"{rainy[number]}: no norain-{number} partner")
+    for number in sorted(set(clean) - set(rainy)):
+        problems.append(f"{clean[number]}: no rain-{number} partner")
+    return [Pair("derain", rainy[n], clean[n], n) for n in sorted(set(rainy) & set(clean))]
+
+
+def _pairs_sots(root: Path, problems: list[str], _: list[int]) -> list[Pair]:
+    hazy, clear = _images(root / "hazy"), _images(root / "clear")
+    if not hazy:
+        problems.append(f"{root / 'hazy'}: no hazy images")
+    pairs = []
+    for stem, path in hazy.items():
+        scene = stem.split("_", 1)[0]
+        if scene not in clear:
+            problems.append(f"{path}: no clear/{scene}.* partner")
+            continue
+        pairs.append(Pair("dehaze", path, clear[scene], stem))
+    return pairs
+
+
+def _pairs_gopro(root: Path, problems: list[str], _: list[int]) -> list[Pair]:
+    sequences = sorted(p for p in root.iterdir() if (p / "blur").is_dir() or (p / "sharp").is_dir())
+    if not sequences:
+        problems.append(f"{root}: no SEQ/blur + SEQ/sharp folders")
+    pairs = []
+    for sequence in sequences:
+        pairs += _same_name_pairs("deblur", sequence / "blur", sequence / "sharp", problems, f"{sequence.name}-")
+    return pairs
+
+
+def _pairs_lol(root: Path, problems: list[str], _: list[int]) -> list[Pair]:
+    return _same_name_pairs("lowlight", root / "low", root / "high", problems)
+
+
+def _pairs_cdd11(root: Path, problems: list[str], _: list[int]) -> list[Pair]:
+    if not (root / "clear").is_dir():
+        problems.append(f"{root / 'clear'}: missing (CDD-11 needs the clear/ folder)")
+    present = [t for t in CDD11_TYPES if (root / t).is_dir()]
+    if not present:
+        problems.append(f"{root}: none of the CDD-11 type folders {list(CDD11_TYPES)}")
+    pairs = []
+    for task in present:
+        pairs += _same_name_pairs(task, root / task, root / "clear", problems)
+    return pairs
+
+
+KINDS: dict[str, Callable[[Path, list[str], list[int]], list[Pair]]] = {
+    "cbsd68": _pairs_noise, "kodak": _pairs_noise, "rain100l": _pairs_rain, "sots": _pairs_sots,
+    "gopro": _pairs_gopro, "lol": _pairs_lol, "cdd11": _pairs_cdd11,
+}
+
+
+def _family(task: str) -> str:
+    if task.startswith("denoise_"):
+        return "noise"
+    return TASK_FAMILIES.get(task, "composite" if "_" in task else {"low": "lowlight"}.get(task, task))
+
+
+def _mod_crop(image: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = image.shape[0] // multiple * multiple, image.shape[1] // multiple * multiple
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[top:top + h, left:left + w]
+
+
+def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: list[int] | None = None,
+                     seed: int = 0, multiple: int = 16, maxcount: int = 256, encoding: str = "npy",
+                     skip_unpaired: bool = False) -> dict:
+    """Convert one benchmark folder into shards under ``out_root/test/``; returns the manifest."""
+    import degradations
+
+    if kind not in KINDS:
+        raise SiplError(f"unknown benchmark kind {kind!r}; known: {sorted(KINDS)}")
+    root = Path(directory)
+    if not root.is_dir():
+        raise SiplError(f"{root}: not a directory")
+    problems: list[str] = []
+    pairs = KINDS[kind](root, problems, sigmas or [15, 25, 50])
+    if problems and not skip_unpaired:
+        listing = "\n  ".join(problems)
+        raise SiplError(f"{root}: {len(problems)} problem(s) in the {kind} layout (nothing written; "
+                        f"--skip-unpaired converts the rest):\n  {listing}")
+    by_task: dict[str, list[Sample]] = {}
+    for pair in pairs:
+        try:
+            gt, _ = read_rgb(pair.gt)
+            if pair.lq is None:
+                sigma = int(pair.task.split("_")[1])
+                sample_seed = derive_seed(seed, pair.task, pair.name)
+                gt = _mod_crop(gt, multiple)
+                lq, applied = degradations.apply({"name": "gaussian_noise", "sigma": sigma}, gt,
+                                                 np.random.default_rng(sample_seed))
+            else:
+                lq, _ = read_rgb(pair.lq)
+                if lq.shape != gt.shape:
+                    raise SiplError(f"{pair.lq}: size {lq.shape[1]}x{lq.shape[0]} differs from {pair.gt} "
+                                    f"{gt.shape[1]}x{gt.shape[0]}")
+                lq, gt = _mod_crop(lq, multiple), _mod_crop(gt, multiple)
+                sample_seed, applied = None, []
+        except SiplError as error:
+            problems.append(str(error))
+            continue
+        source_id = safe_id(f"{kind}/{pair.name}")
+        meta = {"task": pair.task, "family": _family(pair.task), "split": "test", "source_id": source_id,
+                "source": str(pair.gt.relative_to(root)), "crop_box": [0, 0, *gt.shape[:2]], "seed": sample_seed,
+                "applied": applied, "benchmark": kind}
+        by_task.setdefault(pair.task, []).append(Sample(sample_key(pair.task, source_id, 0), pair.task, lq, gt, meta))
+    if problems and not skip_unpaired:
+        listing = "\n  ".join(problems)
+        raise SiplError(f"{root}: {len(problems)} unreadable or mismatched file(s) (nothing written):\n  {listing}")
+    if not by_task:
+        raise SiplError(f"{root}: no usable {kind} pairs found")
+    tasks = {}
+    for task, samples in sorted(by_task.items()):
+        entries = write_task_shards(out_root, "test", task, samples, encoding, maxcount)
+        tasks[task] = {"samples": len(samples), "family": _family(task), "shards": entries}
+    manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
+                "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
+                "skipped": len(problems)}
+    write_json(join(out_root, SKIPPED), [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]} for p in problems])
+    write_json(join(out_root, MANIFEST), manifest)
+    return manifest

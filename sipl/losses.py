@@ -1,0 +1,53 @@
+"""Pixel losses for training: L1, Charbonnier and a frequency-domain L1, combined by the weights of ``LossConfig``.
+
+All functions take ``pred`` and ``target`` float tensors N×C×H×W (any range; images are [0,1]) and return a scalar
+tensor (mean over every element).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+PixelLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error."""
+    return (pred - target).abs().mean()
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean of sqrt((pred - target)^2 + eps^2): a smooth L1 (eps sets the quadratic zone)."""
+    return torch.sqrt((pred - target).square() + eps * eps).mean()
+
+
+def fft_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the real 2-D spectra (real and imaginary parts), orthonormal so the scale matches pixel L1."""
+    diff = torch.fft.rfft2(pred.float() - target.float(), norm="ortho")
+    return torch.view_as_real(diff).abs().mean()
+
+
+def pixel_loss(l1_weight: float = 1.0, charbonnier_weight: float = 0.0, fft_weight: float = 0.0) -> PixelLoss:
+    """A loss ``fn(pred, target) -> scalar`` summing the terms with non-zero weight.
+
+    Raises ValueError when every weight is zero (the model would get no pixel supervision)."""
+    terms: list[tuple[float, PixelLoss]] = [
+        (w, fn) for w, fn in ((l1_weight, l1), (charbonnier_weight, charbonnier), (fft_weight, fft_l1)) if w > 0
+    ]
+    if not terms:
+        raise ValueError("train.loss: l1, charbonnier and fft are all 0; give at least one a positive weight")
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = terms[0][0] * terms[0][1](pred, target)
+        for weight, fn in terms[1:]:
+            total = total + weight * fn(pred, target)
+        return total
+
+    return loss
+
+
+def from_config(loss_cfg) -> PixelLoss:
+    """``pixel_loss`` from a ``sipl.config.LossConfig``."""
+    return pixel_loss(loss_cfg.l1, loss_cfg.charbonnier, loss_cfg.fft)

@@ -1,0 +1,125 @@
+"""The SIPL wrapper: any backbone + one Proxy Fusion module per fused decoder level (or none: plain mode).
+
+Forward passes are split so that an input's encoder runs once however many decoder passes restore it:
+``state = model.encode(x)``; ``model.decode(state, privileged=None)`` (dictionary-only when ``privileged`` is None).
+Privileged features are the backbone's own encoder maps ``[enc level 2, enc level 3, latent]`` of a clean-ish image
+(``model.encode_privileged(image)``); they only enter the decoder, through the fusion modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sipl.models.common import Backbone, EncoderState
+from sipl.models.proxy_fusion import ProxyFusion
+
+# Per fusion level (0: decoder level 2, 1: decoder level 3, 2: latent), as in the official code:
+# p1_cross 1 / cross_p1 1, p2_cross 2 / cross_p2 2, p3_cross 1 / cross_p3 4.
+SIPL_PRESETS = {
+    "tiny": {"dict_sizes": (8, 8, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
+             "dict_init": "normal"},
+    "small": {"dict_sizes": (32, 16, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
+              "dict_init": "normal"},
+    "paper": {"dict_sizes": (64, 32, 16), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
+              "dict_init": "normal"},
+}
+
+PixelLoss = Callable[[Tensor, Tensor], Tensor]
+Privileged = Tensor | Sequence[Tensor] | None
+
+
+class SIPLModel(nn.Module):
+    """Restoration model ``y = model(x, privileged=None)``: x N×3×H×W float in [0,1] (any H, W), y the same shape,
+    unclipped. With ``sipl=False`` there are no fusion modules and ``privileged`` is ignored (plain backbone)."""
+
+    def __init__(self, backbone: Backbone, sipl: bool = True, dict_sizes: Sequence[int] = (8, 8, 8),
+                 absorb_heads: Sequence[int] = (1, 2, 1), read_heads: Sequence[int] = (1, 2, 4),
+                 fusion_ffn: float = 2.0, dict_init: str = "normal", config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sipl = bool(sipl)
+        self.multiple = backbone.multiple
+        self.config: dict[str, Any] = dict(config or {})
+        if self.sipl:
+            for name, value in (("dict_sizes", dict_sizes), ("absorb_heads", absorb_heads),
+                                ("read_heads", read_heads)):
+                if len(value) != 3:
+                    raise ValueError(f"{name} needs 3 entries (fusion levels: dec level 2, dec level 3, latent)")
+            self.fusion = nn.ModuleList([
+                ProxyFusion(c, s, a, r, fusion_ffn, dict_init)
+                for c, s, a, r in zip(backbone.fusion_channels, dict_sizes, absorb_heads, read_heads)
+            ])
+        else:
+            self.fusion = None
+
+    # ---------------------------------------------------------------------------------------------- passes
+
+    def encode(self, x: Tensor) -> EncoderState:
+        """Encoder state of N×3×H×W ``x``; reuse it for every decoder pass restoring ``x``."""
+        return self.backbone.encode(x)
+
+    def encode_privileged(self, image: Tensor) -> list[Tensor]:
+        """Privileged features of N×3×H×W ``image``: ``[enc level 2, enc level 3, latent]`` (grad is the caller's)."""
+        return self.backbone.privileged_features(self.backbone.encode(image))
+
+    def _as_features(self, privileged: Privileged) -> list[Tensor] | None:
+        if privileged is None or not self.sipl:
+            return None
+        if isinstance(privileged, Tensor):
+            with torch.no_grad():
+                return self.encode_privileged(privileged)
+        features = list(privileged)
+        if len(features) != 3:
+            raise ValueError(f"privileged features: expected 3 maps (enc2, enc3, latent), got {len(features)}")
+        return features
+
+    def decode(self, state: EncoderState, privileged: Privileged = None, mix: Tensor | None = None) -> Tensor:
+        """Restore from an encoder state. ``privileged``: None (dictionary-only path), 3 feature maps, or an
+        N×3×H×W image (its features are computed under no_grad). ``mix``: optional per-sample weights N in [0,1]
+        blending each level's ensemble with the raw dictionary (the official random proxy)."""
+        if not self.sipl:
+            return self.backbone.decode(state)
+        features = self._as_features(privileged)
+        batch = state.image.shape[0]
+        hooks = []
+        for level, fusion in enumerate(self.fusion):
+            ensemble = fusion.ensemble(None if features is None else features[level], batch, mix)
+            hooks.append(lambda feature, fusion=fusion, ensemble=ensemble: fusion(feature, ensemble))
+        return self.backbone.decode(state, hooks)
+
+    def forward(self, x: Tensor, privileged: Privileged = None) -> Tensor:
+        return self.decode(self.encode(x), privileged)
+
+    # -------------------------------------------------------------------------------------------- training
+
+    def training_step(self, lq: Tensor, gt: Tensor, pixel_loss: PixelLoss, preliminary_weight: float = 0.5,
+                      random_proxy: bool = False, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One SIPL training forward. lq, gt: N×3×H×W in [0,1]. Returns {"loss", "main"} plus "preliminary" when
+        ``preliminary_weight > 0`` (SIPL mode only); "loss" is the total to backprop.
+
+        Official recipe, without gradients: restore ``gt`` on the dictionary-only path, clip, take the encoder
+        features of that restoration; then restore ``lq`` with them ("main"). Ours in addition: the dictionary-only
+        restoration of ``lq`` is also trained (weight ``preliminary_weight``); it reuses lq's encoder state.
+        ``random_proxy`` mixes ensemble and raw dictionary with w ~ U(0,1) per sample (drawn from ``generator``)."""
+        if not self.sipl:
+            main = pixel_loss(self(lq), gt)
+            return {"loss": main, "main": main}
+        with torch.no_grad():
+            restored_gt = self.decode(self.encode(gt)).clamp(0, 1)
+            privileged = self.encode_privileged(restored_gt)
+        mix = None
+        if random_proxy:
+            mix = torch.rand(lq.shape[0], generator=generator).to(lq.device)
+        state = self.encode(lq)
+        main = pixel_loss(self.decode(state, privileged, mix), gt)
+        out = {"main": main}
+        loss = main
+        if preliminary_weight > 0:
+            out["preliminary"] = pixel_loss(self.decode(state), gt)
+            loss = loss + preliminary_weight * out["preliminary"]
+        out["loss"] = loss
+        return out

@@ -1,0 +1,148 @@
+"""Restoring users' own images: input collection, output naming, tiling policy and the per-file loop.
+
+Inputs are files, folders (their image files, not recursive) and glob patterns. Each readable image becomes
+``OUT/{stem}.png`` (a repeated stem gets ``-2``, ``-3``, ...); unreadable ones are listed and skipped. An output
+path that is one of the inputs is refused before anything runs, so an input is never overwritten. Large images are
+processed in tiles (``AUTO_TILE`` unless told otherwise), which bounds memory whatever the image size.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sipl.errors import SiplError
+from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
+
+AUTO_TILE = 512
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class RestorePlan:
+    """What will be restored: (input, output) pairs, and inputs that could not even be listed."""
+
+    jobs: list[tuple[Path, Path]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders and globs into a de-duplicated, ordered list of files.
+
+    Returns:
+        (files, problems) where problems are (argument, reason) for arguments that matched nothing.
+    """
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for argument in inputs:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append((argument, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)})"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif _GLOB_CHARS & set(argument):
+            found = sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())
+            if not found:
+                problems.append((argument, "pattern matches no file"))
+            files.extend(found)
+        else:
+            problems.append((argument, "no such file or folder"))
+    unique, seen = [], set()
+    for file in files:
+        key = file.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(file)
+    return unique, problems
+
+
+def plan(inputs: list[str], out_dir: str | Path) -> RestorePlan:
+    """Pair every input with ``out_dir/{stem}.png``; refuse (SiplError) when an output would replace an input."""
+    files, problems = collect_inputs(inputs)
+    out_dir = Path(out_dir)
+    result = RestorePlan(missing=problems)
+    used: dict[str, int] = {}
+    for file in files:
+        stem = file.stem
+        used[stem] = used.get(stem, 0) + 1
+        name = f"{stem}.png" if used[stem] == 1 else f"{stem}-{used[stem]}.png"
+        result.jobs.append((file, out_dir / name))
+    inputs_resolved = {file.resolve() for file in files}
+    clashes = [str(dst) for _, dst in result.jobs if dst.resolve() in inputs_resolved]
+    if clashes:
+        raise SiplError(f"refusing to overwrite input file(s) {clashes}: choose an output folder (-o) that does not "
+                        "hold same-named .png inputs")
+    return result
+
+
+def choose_tile(height: int, width: int, tile: int | None) -> int | None:
+    """Tile side for an image: ``tile`` if given (0 = never tile), else ``AUTO_TILE`` for images larger than it."""
+    if tile is not None:
+        return tile if tile > 0 and max(height, width) > tile else None
+    return AUTO_TILE if max(height, width) > AUTO_TILE else None
+
+
+def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme: str, tile: int | None,
+                  tile_overlap: int = 16) -> np.ndarray:
+    """Restore one image.
+
+    Args:
+        image: uint8 H x W x 3 RGB, any size.
+        steps: refinement steps (0 = the preliminary restoration only).
+        tile: tile side, or None for the whole image at once.
+
+    Returns:
+        uint8 H x W x 3 RGB (output clipped to [0, 1] and rounded).
+    """
+    from sipl.evaluate import to_tensor, to_uint8
+    from sipl.refine import refine
+
+    x = to_tensor(image)
+    output = None
+    with torch.inference_mode():
+        for _, output in refine(model, x, steps, scheme=scheme, tile=tile, tile_overlap=tile_overlap):
+            pass
+    return to_uint8(output)
+
+
+def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int, scheme: str, tile: int | None,
+             tile_overlap: int = 16, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Restore every planned file, one at a time (tqdm progress bar on stderr).
+
+    Returns:
+        ``{"done": [{"input", "output", "size", "seconds", "notes"}], "failed": [{"input", "reason"}]}``.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    done, failed = [], [{"input": arg, "reason": reason} for arg, reason in restore_plan.missing]
+    bar = tqdm(restore_plan.jobs, unit="img", disable=not progress, desc="restore", file=sys.stderr)
+    emit = (lambda message: tqdm.write(message, file=sys.stderr)) if progress else log
+    for src, dst in bar:
+        start = time.perf_counter()
+        try:
+            image, notes = read_rgb(src)
+        except SiplError as error:
+            failed.append({"input": str(src), "reason": str(error)})
+            emit(f"skipped {src}: {error}")
+            continue
+        height, width = image.shape[:2]
+        restored = restore_array(model, image, steps, scheme, choose_tile(height, width, tile), tile_overlap)
+        write_png_atomic(restored, dst)
+        seconds = time.perf_counter() - start
+        done.append({"input": str(src), "output": str(dst), "size": [height, width], "seconds": round(seconds, 3),
+                     "notes": notes})
+        line = f"{src} -> {dst} ({width}x{height}, {seconds:.2f} s{'; ' + '; '.join(notes) if notes else ''})"
+        emit(line)
+    return {"done": done, "failed": failed}

@@ -1,0 +1,583 @@
+"""Training: the per-worker loop (``train_worker``) and the Ray Train launcher (``fit``).
+
+The loop is the same with or without Ray: ``train_worker(spec, rank, world, session)`` where ``session`` provides
+checkpoint restore/report and model wrapping. ``RaySession`` maps them to ``ray.train.get_checkpoint`` /
+``ray.train.report`` / ``ray.train.torch.prepare_model`` (DDP); ``LocalSession`` keeps checkpoints in a folder and
+is what the fast tests and the benchmarks use.
+
+DDP: ``training_step`` runs several passes (privileged encoder pass without gradients, dictionary-only pass,
+fused pass), so the model is wrapped in ``_StepModule`` whose ``forward`` *is* the training step; DDP then sees one
+forward per micro-batch and all-reduces the gradients in backward (``find_unused_parameters`` on, because plain
+mode or a zero preliminary weight leaves parameters without gradients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sipl.checkpoint import (export_weights, load_training_state, save_model, save_training_state,
+                             write_json_atomic, write_text_atomic)
+from sipl.errors import SiplError
+
+log = logging.getLogger("sipl.train")
+
+LOSS_PREFIX = "loss"
+
+
+def _loss_column(term: str) -> str:
+    return "loss" if term == "loss" else f"loss_{term}"
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+class _StepModule(torch.nn.Module):
+    """Routes ``forward(lq, gt)`` to ``model.training_step`` so a DDP wrapper all-reduces its gradients."""
+
+    def __init__(self, model: torch.nn.Module, pixel_loss: Callable, preliminary_weight: float, random_proxy: bool):
+        super().__init__()
+        self.model = model
+        self.pixel_loss = pixel_loss
+        self.preliminary_weight = preliminary_weight
+        self.random_proxy = random_proxy
+
+    def forward(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.training_step(lq, gt, self.pixel_loss, preliminary_weight=self.preliminary_weight,
+                                        random_proxy=self.random_proxy)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    ema_params = [p for p in ema.parameters()]
+    model_params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+@torch.no_grad()
+def restore_for_validation(model: torch.nn.Module, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(step-0 output, step-1 output) for lq N×3×H×W in [0,1].
+
+    Step 0 is the dictionary-only restoration; step 1 restores ``lq`` again with privileged features encoded from
+    step 0's (clipped) output. A plain model gives its single output twice."""
+    first = model(lq)
+    if not getattr(model, "sipl", False):
+        return first, first
+    features = model.encode_privileged(first.clamp(0, 1))
+    return first, model(lq, privileged=features)
+
+
+def validate(model: torch.nn.Module, val_sets: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+             device: torch.device, batch: int = 8) -> dict[str, dict[str, float]]:
+    """PSNR (RGB, clipped to [0,1]) per task: ``{"psnr"`` (step 1), ``"step0_psnr"``, ``"input_psnr"}``."""
+    from sipl.metrics import psnr
+
+    was_training = model.training
+    model.eval()
+    results = {}
+    for task, pairs in val_sets.items():
+        if not pairs:
+            continue
+        scores: dict[str, list[float]] = {"psnr": [], "step0_psnr": [], "input_psnr": []}
+        groups: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for pair in pairs:
+            groups.setdefault(pair[0].shape, []).append(pair)
+        for group in groups.values():
+            for start in range(0, len(group), batch):
+                chunk = group[start:start + batch]
+                lq = torch.from_numpy(np.stack([p[0] for p in chunk])).to(device).permute(0, 3, 1, 2).float() / 255
+                gt = torch.from_numpy(np.stack([p[1] for p in chunk])).to(device).permute(0, 3, 1, 2).float() / 255
+                step0, step1 = restore_for_validation(model, lq)
+                scores["psnr"] += psnr(step1.float(), gt).tolist()
+                scores["step0_psnr"] += psnr(step0.float(), gt).tolist()
+                scores["input_psnr"] += psnr(lq, gt).tolist()
+        results[task] = {name: float(np.mean(values)) for name, values in scores.items()}
+    model.train(was_training)
+    return results
+
+
+def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]], device: torch.device,
+                         autocast=None) -> dict[str, float]:
+    """Forward/backward over the micro-batches of one optimiser step; gradients accumulate in ``.grad``.
+
+    Each micro-batch loss is divided by the number of micro-batches, so the gradient is that of the mean loss over
+    the worker's batch; DDP (if ``wrapped`` is one) all-reduces only on the last micro-batch. Returns the mean of
+    each loss term (floats)."""
+    from sipl.data import to_float
+
+    terms: dict[str, float] = {}
+    count = len(batches)
+    for index, batch in enumerate(batches):
+        lq, gt = to_float(batch["lq"], device), to_float(batch["gt"], device)
+        last = index == count - 1
+        sync = wrapped.no_sync() if not last and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with autocast or contextlib.nullcontext():
+                out = wrapped(lq, gt)
+            (out["loss"] / count).backward()
+        for name, value in out.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach()) / count
+    return terms
+
+
+# --------------------------------------------------------------------------------------------- sessions
+
+class LocalSession:
+    """Single-process session: checkpoints are folders ``{directory}/checkpoint_{step:08d}``; keeps the newest
+    ``keep``. Used by tests and benchmarks (and it is what ``train_worker`` sees with one local process)."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = keep
+        self.reports: list[dict[str, Any]] = []
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.directory.glob("checkpoint_*"))
+        return found[-1] if found else None
+
+    def restore(self, load: Callable[[str], dict]) -> dict | None:
+        latest = self.latest_checkpoint()
+        return load(str(latest)) if latest else None
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"checkpoint_{int(metrics['step']):08d}"
+        staging = self.directory / f".{final.name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in sorted(self.directory.glob("checkpoint_*"))[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class RaySession:
+    """Session inside a Ray Train worker."""
+
+    def restore(self, load: Callable[[str], dict]) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load(directory)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# ------------------------------------------------------------------------------------------ worker loop
+
+def _all_reduce_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _all_gather_objects(value: Any, world: int) -> list[Any]:
+    if world <= 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _param_checksum(model: torch.nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def _write_progress(pid_dir: str | None, rank: int, step: int) -> None:
+    if pid_dir:
+        write_json_atomic(Path(pid_dir) / f"rank{rank}.json", {"pid": os.getpid(), "step": step})
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: torch.device | None = None) -> dict:
+    """Train one rank until ``spec["steps"]`` (or ``spec["stop_at_step"]``); returns rank 0's last metrics.
+
+    ``spec`` (JSON-able, built by ``make_spec``): ``params`` (validated params as a dict), ``train_urls`` /
+    ``val_urls`` (task -> shard URLs), ``weights`` (task -> probability), ``plan`` (BatchPlan fields),
+    ``fingerprint``, ``threads``, optional ``stop_at_step`` and ``pid_dir`` (test hooks). Checkpoints go through
+    ``session.report`` every ``checkpoint_every`` steps and at the end; on a non-finite loss the run stops
+    without saving and the metrics carry ``"failed"`` (the step and the batch's sample keys)."""
+    from sipl.config import parse_params
+    from sipl.data import StreamConfig, load_val, train_loader
+    from sipl.losses import from_config
+    from sipl.models import build_model
+    from sipl.schedule import learning_rate
+
+    params = parse_params(spec["params"], source="train spec")
+    cfg, model_cfg = params.train, params.model
+    plan = spec["plan"]
+    device = device or torch.device("cpu")
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+
+    torch.manual_seed(params.seed)
+    model = build_model(backbone=model_cfg.backbone, size=model_cfg.size, sipl=model_cfg.sipl,
+                        **model_cfg.overrides).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
+    torch.manual_seed(params.seed * 1000 + rank)  # per-rank stream for stochastic layers (random proxy)
+
+    state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0, "train_s": 0.0,
+                             "wall_s": 0.0, "val": {}, "resumed_from": []}
+    info = session.restore(lambda d: load_training_state(d, model=model, optimizer=optimizer, ema=ema))
+    if info is not None:
+        if info.get("fingerprint") != spec["fingerprint"]:
+            raise SiplError(f"the checkpoint to resume from belongs to another configuration (fingerprint "
+                            f"{info.get('fingerprint')} vs {spec['fingerprint']}); use another ray.run_name")
+        state.update({k: info[k] for k in state if k in info})
+        state["resumed_from"] = list(state["resumed_from"]) + [int(info["step"])]
+        if rank == 0:
+            print(f"[sipl train] resuming from step {info['step']}", flush=True)
+    start_step = int(state["step"])
+    last_checkpoint = start_step if info is not None else None
+    restored_summary = (info or {}).get("summary")
+
+    wrapped = session.prepare(_StepModule(model, from_config(cfg.loss), cfg.loss.preliminary, cfg.random_proxy))
+    stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
+                          rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
+                          corrupt_samples=cfg.corrupt_samples)
+    loader = train_loader(stream, plan["micro_batch"], cfg.loader_workers) if start_step < spec["steps"] else None
+    val_sets = load_val(spec["val_urls"], cfg.val_max_samples) if rank == 0 else {}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") \
+        else contextlib.nullcontext()
+    eval_model = ema if ema is not None else model
+    total = int(spec["steps"])
+    stop_at = spec.get("stop_at_step")
+    accumulation = plan["accumulation"]
+    window: dict[str, list[float]] = {}
+    metrics: dict[str, Any] = {"step": start_step}
+    wall_start = time.perf_counter()
+    wall_before = float(state["wall_s"])
+    run_samples, run_train_s = 0, 0.0
+
+    def save_and_report(step: int, extra: dict[str, Any]) -> None:
+        checksum = _all_gather_objects(_param_checksum(model), world)
+        in_sync = max(checksum) - min(checksum) <= 1e-6 * max(1.0, abs(checksum[0]))
+        state["wall_s"] = wall_before + time.perf_counter() - wall_start
+        report = {"step": step, "replicas_in_sync": bool(in_sync), **extra}
+        with tempfile.TemporaryDirectory(prefix="sipl-ckpt-") as tmp:
+            checkpoint_dir = None
+            if rank == 0:
+                save_training_state(tmp, model=model, optimizer=optimizer, ema=ema, info={
+                    **state, "step": step, "fingerprint": spec["fingerprint"], "model_config": model.config,
+                    "profile": params.profile, "summary": report.get("summary")})
+                checkpoint_dir = tmp
+            session.report(report, checkpoint_dir)
+        metrics.update(report)
+
+    step = start_step
+    step_start = time.perf_counter()
+    while step < total:
+        lr = learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        tic = time.perf_counter()
+        batches = [next(loader) for _ in range(accumulation)]
+        terms = accumulate_gradients(wrapped, batches, device, autocast)
+        keys = [k for b in batches for k in b["keys"]]
+        skipped = sum(b["skipped"] for b in batches)
+        names = sorted(terms)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        finite = all(math.isfinite(terms[n]) for n in names) and bool(torch.isfinite(grad_norm))
+        packed = torch.tensor([terms[n] if math.isfinite(terms[n]) else 0.0 for n in names]
+                              + [0.0 if finite else 1.0, float(skipped)], dtype=torch.float64, device=device)
+        packed = _all_reduce_sum(packed, world)
+        if packed[len(names)] > 0:
+            bad_keys = _all_gather_objects(keys if not finite else [], world)
+            bad = sorted({k for ks in bad_keys for k in ks})
+            message = (f"non-finite loss or gradient at step {step + 1} (batch samples: {', '.join(bad)}); the "
+                       f"last good checkpoint is kept (step {last_checkpoint}). "
+                       "Lower train.lr, set train.grad_clip, or check those samples")
+            if rank == 0:
+                print(f"[sipl train] {message}", flush=True)
+            session.report({"step": step, "failed": message}, None)
+            metrics.update({"step": step, "failed": message})
+            return metrics
+        optimizer.step()
+        if ema is not None:
+            ema_update(ema, model, cfg.ema_decay)
+        step += 1
+        state["step"] = step
+        state["skipped_samples"] += int(packed[len(names) + 1])
+        state["samples"] += plan["global_batch"]
+        run_samples += plan["global_batch"]
+        run_train_s += time.perf_counter() - tic
+        for i, name in enumerate(names):
+            window.setdefault(name, []).append(float(packed[i]) / world)
+        window.setdefault("lr", []).append(lr)
+        _write_progress(spec.get("pid_dir"), rank, step)
+
+        is_last = step == total or step == stop_at
+        row = None
+        if step % cfg.log_every == 0 or is_last or step % cfg.val_every == 0:
+            row = {"step": step, **{_loss_column(n): float(np.mean(v)) for n, v in window.items() if n != "lr"},
+                   "lr": window["lr"][-1]}
+            window = {}
+            if rank == 0:
+                speed = run_samples / max(run_train_s, 1e-9)
+                elapsed = time.perf_counter() - step_start
+                eta = elapsed / max(1, step - start_step) * (total - step)
+                losses = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(LOSS_PREFIX))
+                print(f"[sipl train] step {step}/{total} {losses} lr {lr:.2e} {speed:.1f} samples/s "
+                      f"ETA {_format_eta(eta)}", flush=True)
+        if rank == 0 and val_sets and (step % cfg.val_every == 0 or is_last):
+            state["val"] = validate(eval_model, val_sets, device)
+            row = row or {"step": step}
+            row["val_psnr"] = float(np.mean([v["psnr"] for v in state["val"].values()]))
+            row["val_input_psnr"] = float(np.mean([v["input_psnr"] for v in state["val"].values()]))
+            print(f"[sipl train] val step {step}: " + ", ".join(
+                f"{t} {v['psnr']:.2f} dB (input {v['input_psnr']:.2f})" for t, v in state["val"].items()), flush=True)
+        if row is not None and rank == 0:
+            state["history"].append(row)
+        if step % cfg.checkpoint_every == 0 or is_last:
+            extra: dict[str, Any] = {k: v for k, v in (state["history"][-1] if state["history"] else {}).items()
+                                     if k != "step"}
+            if step == total:
+                extra["summary"] = summary_of(state, run_samples, run_train_s, wall_before, wall_start)
+            save_and_report(step, extra)
+            last_checkpoint = step
+            if step == stop_at:
+                return metrics
+    if start_step >= total:
+        # Restored a finished run: report its final state again so the driver can export it.
+        save_and_report(total, {"summary": restored_summary or summary_of(state, 0, 0.0, wall_before, wall_start)})
+    return metrics
+
+
+def summary_of(state: dict[str, Any], run_samples: int, run_train_s: float, wall_before: float,
+               wall_start: float) -> dict[str, Any]:
+    """The ``metrics/train.json`` content from the loop state (rank 0)."""
+    last = next((row for row in reversed(state["history"]) if any(k.startswith(LOSS_PREFIX) for k in row)), {})
+    return {
+        "steps": int(state["step"]),
+        "wall_s": round(wall_before + time.perf_counter() - wall_start, 3),
+        "samples_per_s": round(run_samples / run_train_s, 3) if run_train_s > 0 else 0.0,
+        "skipped_samples": int(state["skipped_samples"]),
+        "val": {t: {"psnr": round(v["psnr"], 4), "input_psnr": round(v["input_psnr"], 4),
+                    "step0_psnr": round(v["step0_psnr"], 4)} for t, v in state["val"].items()},
+        "resumed_from": list(state["resumed_from"]),
+        **{k: round(v, 6) for k, v in last.items() if k.startswith(LOSS_PREFIX)},
+    }
+
+
+# ---------------------------------------------------------------------------------------- driver side
+
+def fingerprint(params, train_urls: dict[str, list[str]], manifest: dict | None) -> str:
+    """Short hash of everything that defines a run's optimisation: model, train recipe, seed, tasks, train data
+    (the manifest's shard checksums). The worker count is not part of it: the global batch fixes the recipe."""
+    data = {}
+    for task in sorted(train_urls):
+        entry = (manifest or {}).get("splits", {}).get("train", {}).get(task, {})
+        data[task] = [s.get("sha256") or s.get("name") for s in entry.get("shards", [])]
+    payload = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
+               "seed": params.seed, "data": data}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = None,
+              num_workers: int | None = None) -> dict[str, Any]:
+    """Check the shards and derive everything the workers need (raises SiplError before any worker starts)."""
+    from dataclasses import asdict
+
+    from sipl.data import check_shards, task_weights
+    from sipl.schedule import batch_plan
+    from sipl.shards import read_manifest
+
+    cfg = params.train
+    workers = num_workers or params.ray.num_workers
+    plan = batch_plan(cfg.global_batch, workers, cfg.max_worker_batch, params.profile)
+    manifest = read_manifest(params.shards.root)
+    tasks = list(params.tasks)
+    train_urls = check_shards(params.shards.root, tasks, "train", manifest=manifest)
+    val_urls = check_shards(params.shards.root, tasks, "val", required=False, manifest=manifest)
+    weights = task_weights({t: params.tasks[t].family for t in tasks}, cfg.task_weights)
+    threads = params.ray.threads_per_worker or max(1, int(params.ray.cpus_per_worker))
+    return {"params": params.model_dump(mode="json"), "train_urls": train_urls, "val_urls": val_urls,
+            "weights": weights, "plan": asdict(plan), "fingerprint": fingerprint(params, train_urls, manifest),
+            "threads": threads, "steps": cfg.steps, "stop_at_step": stop_at_step, "pid_dir": pid_dir}
+
+
+def _ray_entry(spec: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer."""
+    from sipl.env import apply_quiet_defaults
+
+    apply_quiet_defaults()
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    train_worker(spec, context.get_world_rank(), context.get_world_size(), RaySession(),
+                 device=ray.train.torch.get_device())
+
+
+def ray_temp_dir(project_dir: str | os.PathLike) -> str:
+    """Ray's temp dir: ``.ray/tmp`` under the project, unless that path is too long for Ray's Unix sockets
+    (``{temp}/session_<date>_<pid>/sockets/plasma_store`` must stay under 107 bytes); then a short per-user
+    folder in the system temp directory."""
+    candidate = Path(project_dir, ".ray", "tmp").resolve()
+    if len(str(candidate)) <= 40:
+        return str(candidate)
+    return str(Path(tempfile.gettempdir(), f"sipl-ray-{os.getuid()}"))
+
+
+def ensure_ray(params, project_dir: str | os.PathLike = ".") -> bool:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local instance sized for the run; True when this call
+    started or connected (the caller then shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return True
+    need = math.ceil(params.ray.num_workers * params.ray.cpus_per_worker)
+    temp_dir = ray_temp_dir(project_dir)
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp_dir,
+             log_to_driver=True)
+    return True
+
+
+def storage_for(storage_path: str, project_dir: str | os.PathLike = ".") -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: an absolute local path, or for ``s3://`` a pyarrow
+    filesystem wrapping s3fs (so endpoint and credentials come from the same environment as the shards)."""
+    if storage_path.startswith("s3://"):
+        import pyarrow.fs
+        import s3fs
+
+        filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(s3fs.S3FileSystem()))
+        return storage_path[len("s3://"):].rstrip("/"), filesystem
+    return str(Path(project_dir, storage_path).resolve()), None
+
+
+def fit(params, *, project_dir: str | os.PathLike = ".", stop_at_step: int | None = None,
+        pid_dir: str | None = None) -> dict[str, Any]:
+    """Run the TorchTrainer for ``params`` and export the result; returns the summary (``metrics/train.json``).
+
+    Resumes automatically: the Ray run is named ``{ray.run_name}-{fingerprint}``, so the same params find the
+    same run in ``ray.storage_path`` and Ray Train hands its latest checkpoint to the workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    spec = make_spec(params, stop_at_step=stop_at_step, pid_dir=pid_dir)
+    started = ensure_ray(params, project_dir)
+    try:
+        storage_path, filesystem = storage_for(params.ray.storage_path, project_dir)
+        run_name = f"{params.ray.run_name}-{spec['fingerprint']}"
+        print(f"[sipl train] run {run_name} in {params.ray.storage_path}: {params.ray.num_workers} worker(s), "
+              f"global batch {spec['plan']['global_batch']} = {params.ray.num_workers} x "
+              f"{spec['plan']['accumulation']} x {spec['plan']['micro_batch']}", flush=True)
+        trainer = TorchTrainer(
+            train_loop_per_worker=_ray_entry,
+            train_loop_config=spec,
+            scaling_config=ScalingConfig(num_workers=params.ray.num_workers, use_gpu=params.ray.use_gpu,
+                                         resources_per_worker={"CPU": params.ray.cpus_per_worker}),
+            run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
+                                 failure_config=FailureConfig(max_failures=params.ray.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=params.train.keep_checkpoints)),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as error:  # Ray wraps worker errors (TrainingFailedError); surface the cause
+            raise SiplError(f"training run {run_name} failed: {_root_message(error)}") from None
+        metrics = dict(result.metrics or {})
+        if metrics.get("failed"):
+            raise SiplError(f"training run {run_name}: {metrics['failed']}")
+        if result.checkpoint is None:
+            raise SiplError(f"training run {run_name} produced no checkpoint")
+        if stop_at_step is not None and int(metrics.get("step", 0)) < params.train.steps:
+            return {"stopped_at": int(metrics.get("step", 0))}
+        with result.checkpoint.as_directory() as directory:
+            return export(directory, Path(project_dir), params)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _root_message(error: BaseException) -> str:
+    text = str(error)
+    for line in text.splitlines():
+        if "SiplError" in line:
+            return line.split("SiplError:", 1)[-1].strip()
+    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+
+
+def export(checkpoint_dir: str | os.PathLike, out_dir: Path, params) -> dict[str, Any]:
+    """From a final training checkpoint write ``models/``, ``metrics/train.json`` and ``plots/train.csv``
+    under ``out_dir`` (each atomically); returns the summary."""
+    from sipl.models import build_model
+
+    weights, info = export_weights(checkpoint_dir)
+    summary = info.get("summary") or summary_of(info, 0, 0.0, float(info.get("wall_s", 0.0)), time.perf_counter())
+    model = build_model(**info["model_config"])
+    model.load_state_dict(weights)
+    save_model(model, out_dir / "models", {
+        "profile": info.get("profile", params.profile), "fingerprint": info.get("fingerprint"),
+        "weights": "ema" if info.get("has_ema") else "model",
+        "training": {k: v for k, v in summary.items() if k != "val"}, "val": summary.get("val", {}),
+        "train_config": params.train.model_dump(mode="json"), "tasks": sorted(params.tasks)})
+    write_json_atomic(out_dir / "metrics" / "train.json", summary)
+    write_text_atomic(out_dir / "plots" / "train.csv", history_csv(info.get("history", [])))
+    return summary
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """CSV text (header + one row per logged step): step, each loss, lr, val_psnr, val_input_psnr."""
+    columns = ["step"]
+    for row in history:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    columns = ["step"] + sorted(c for c in columns if c.startswith(LOSS_PREFIX)) + \
+        [c for c in ("lr", "val_psnr", "val_input_psnr") if c in columns]
+    lines = [",".join(columns)]
+    for row in history:
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in columns))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,218 @@
+"""Training data: task weights, shard checks, shard splitting, paired augmentation, the mixed stream.
+
+Also home of ``make_shards`` / ``tiny_params`` used by the other training tests (small synthetic shards in the
+real format, written with sipl.shards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sipl.config import parse_params
+from sipl.data import (StreamConfig, TrainStream, check_shards, paired_crop_flip, slot_shards, task_weights)
+from sipl.errors import SiplError
+
+torch.set_num_threads(1)
+
+TASKS = {
+    "denoise": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
+    "lowlight": {"family": "lowlight", "steps": [{"name": "low_light"}]},
+}
+
+
+def _clean(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth colour image: a few random sinusoids, uint8 size×size×3."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    out = np.zeros((size, size, 3))
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.5, 3, 2).tolist() + [rng.uniform(0, 6.28)]
+        out[..., c] = 0.5 + 0.4 * np.sin(2 * np.pi * (fx * x + fy * y) + phase)
+    return np.clip(out * 255, 0, 255).astype(np.uint8)
+
+
+def _degrade(task: str, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if task == "denoise":
+        return np.clip(gt + rng.normal(0, 25, gt.shape), 0, 255).astype(np.uint8)
+    return (gt.astype(np.float64) * 0.35).astype(np.uint8)
+
+
+def make_shards(root: Path, samples: dict[str, int] | None = None, size: int = 32, per_shard: int = 8,
+                val: int = 4, seed: int = 0, tasks: dict | None = None) -> Path:
+    """Write train/val shards + manifest under ``root`` (``samples``: train samples per task)."""
+    from sipl.shards import Sample, join, sample_key, write_json, write_task_shards
+
+    tasks = tasks or TASKS
+    samples = samples or {t: 16 for t in tasks}
+    rng = np.random.default_rng(seed)
+    manifest = {"encoding": "npy", "splits": {}}
+    for split, counts in (("train", samples), ("val", {t: val for t in tasks})):
+        manifest["splits"][split] = {}
+        for task, count in counts.items():
+            items = []
+            for i in range(count):
+                gt = _clean(rng, size)
+                meta = {"task": task, "family": tasks[task]["family"], "split": split, "source_id": f"img{i}"}
+                items.append(Sample(sample_key(task, f"{split}{i}", 0), task, _degrade(task, gt, rng), gt, meta))
+            entries = write_task_shards(str(root), split, task, items, "npy", per_shard)
+            manifest["splits"][split][task] = {"samples": count, "family": tasks[task]["family"], "shards": entries}
+    write_json(join(str(root), "manifest.json"), manifest)
+    return root
+
+
+def tiny_params(shard_root: Path, **train_overrides) -> "Params":  # noqa: F821
+    """The tiny profile shrunk for tests: 2 tasks, patch 32, a handful of steps."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["tasks"] = TASKS
+    raw["shards"]["root"] = str(shard_root)
+    train = raw["profiles"]["tiny"]["train"]
+    train.update({"steps": 6, "global_batch": 4, "patch": 32, "warmup_steps": 2, "val_every": 3, "log_every": 2,
+                  "checkpoint_every": 3, "val_max_samples": 2, "loader_workers": 0, "shuffle_buffer": 8,
+                  "lr": 2e-3})
+    train.update(train_overrides)
+    raw["profile"] = "tiny"
+    return parse_params(raw, source="test params")
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return make_shards(tmp_path / "shards")
+
+
+# ------------------------------------------------------------------------------------------------- weights
+
+def test_default_weights_are_equal_per_family():
+    weights = task_weights({"n15": "noise", "n25": "noise", "n50": "noise", "rain": "rain", "haze": "haze"})
+    assert weights["rain"] == pytest.approx(1 / 3)
+    assert weights["n15"] == pytest.approx(1 / 9)
+    assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_task_weights_override_and_errors():
+    weights = task_weights({"a": "noise", "b": "rain"}, {"a": 3.0})
+    assert weights["a"] == pytest.approx(3.0 / 3.5)
+    with pytest.raises(SiplError, match="not a task"):
+        task_weights({"a": "noise"}, {"zzz": 1.0})
+    with pytest.raises(SiplError, match="weight 0"):
+        task_weights({"a": "noise"}, {"a": 0.0})
+
+
+# ------------------------------------------------------------------------------------------ shard checks
+
+def test_check_shards_lists_urls(shards):
+    urls = check_shards(str(shards), ["denoise", "lowlight"], "train")
+    assert [Path(u).name for u in urls["denoise"]] == ["denoise-000000.tar", "denoise-000001.tar"]
+
+
+def test_check_shards_names_task_without_shards(shards):
+    with pytest.raises(SiplError, match="task 'derain' has no train shards"):
+        check_shards(str(shards), ["denoise", "derain"], "train")
+    assert "derain" not in check_shards(str(shards), ["denoise", "derain"], "val", required=False)
+
+
+def test_check_shards_missing_and_truncated(shards):
+    shard = shards / "train" / "lowlight-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SiplError, match=r"lowlight-000001.tar \(task 'lowlight', split 'train'\) is corrupt"):
+        check_shards(str(shards), ["lowlight"], "train")
+    shard.unlink()
+    with pytest.raises(SiplError, match="lowlight-000001.tar.*missing"):
+        check_shards(str(shards), ["lowlight"], "train")
+
+
+def test_check_shards_without_manifest(tmp_path):
+    with pytest.raises(SiplError, match="sipl synthesize"):
+        check_shards(str(tmp_path), ["denoise"], "train")
+
+
+# --------------------------------------------------------------------------------------------- splitting
+
+@pytest.mark.parametrize("n_shards,slots", [(8, 4), (5, 2), (3, 4)])
+def test_slot_shards_partition(n_shards, slots):
+    urls = [f"s{i}.tar" for i in range(n_shards)]
+    parts = [slot_shards(urls, slot, slots, epoch=1, seed=3) for slot in range(slots)]
+    if n_shards >= slots:
+        flat = [u for part, stride in parts for u in part]
+        assert sorted(flat) == sorted(urls) and all(stride == 1 for _, stride in parts)
+    else:
+        assert all(stride == slots and sorted(part) == sorted(urls) for part, stride in parts)
+    assert slot_shards(urls, 0, slots, 1, 3) == slot_shards(urls, 0, slots, 1, 3)
+    assert slot_shards(urls, 0, 1, 1, 3)[0] != slot_shards(urls, 0, 1, 2, 3)[0] or n_shards < 3
+
+
+def test_paired_crop_flip_same_geometry():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
+    for seed in range(10):
+        lq_patch, gt_patch = paired_crop_flip(gt + 7, gt, 16, np.random.default_rng(seed))
+        assert lq_patch.shape == (16, 16, 3) and lq_patch.flags.c_contiguous
+        np.testing.assert_array_equal(lq_patch, gt_patch + 7)
+    with pytest.raises(SiplError, match="smaller than train.patch=64"):
+        paired_crop_flip(gt, gt, 64, rng, key="k1")
+
+
+# ------------------------------------------------------------------------------------------------ stream
+
+def _stream(shards, **kw):
+    urls = check_shards(str(shards), ["denoise", "lowlight"], "train", verify_sha256=False)
+    config = dict(task_urls=urls, weights={"denoise": 0.5, "lowlight": 0.5}, patch=16, seed=1, shuffle_buffer=4)
+    config.update(kw)
+    return TrainStream(StreamConfig(**config))
+
+
+def _take(stream, n):
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_stream_is_deterministic_and_rank_split(shards):
+    first = [i["key"] for i in _take(_stream(shards, world=2, rank=0), 24)]
+    again = [i["key"] for i in _take(_stream(shards, world=2, rank=0), 24)]
+    other = [i["key"] for i in _take(_stream(shards, world=2, rank=1), 24)]
+    assert first == again
+    assert {k.split("__")[0] for k in first} == {"denoise", "lowlight"}
+    # one epoch of a rank covers only its own shards: the two ranks read disjoint samples
+    assert not set(first[:8]) & set(other[:8])
+    assert set(first) & set(other) == set() or len(set(first)) > 8
+
+
+def test_stream_respects_weights(shards):
+    items = _take(_stream(shards, weights={"denoise": 0.9, "lowlight": 0.1}), 200)
+    share = sum(i["task"] == "denoise" for i in items) / len(items)
+    assert 0.8 < share < 0.97
+
+
+def test_stream_skips_corrupt_samples(shards):
+    # replace one sample's lq member with garbage bytes inside an otherwise valid tar
+    import io
+    import tarfile
+
+    path = shards / "train" / "denoise-000000.tar"
+    members = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            data = tar.extractfile(info).read()
+            if info.name.endswith(".lq.npy") and not members:
+                data = b"not an array"
+            members.append((info, data))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    items = _take(_stream(shards, weights={"denoise": 1.0, "lowlight": 0.0}), 40)
+    assert sum(i["skipped"] for i in items) >= 1
+    with pytest.raises(SiplError, match="task 'denoise': corrupt"):
+        _take(_stream(shards, weights={"denoise": 1.0, "lowlight": 0.0}, corrupt_samples="fail"), 40)
+
+
+def test_manifest_written_by_helper_is_valid(shards):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["denoise"]["samples"] == 16

@@ -1,0 +1,95 @@
+"""Selection logic on hand-made eval_steps documents: global choice, ties, forced steps, per-family choice."""
+
+import json
+
+import pytest
+
+from sipl import selection
+from sipl.errors import SiplError
+
+
+def _task(family, curves, input_psnr=20.0, classical=None):
+    """curves: scheme -> list of PSNR per step."""
+    schemes = {
+        scheme: {str(step): {"psnr": value, "ssim": value / 40, "psnr_y": value + 1, "ssim_y": value / 39,
+                             "seconds": 0.01 * (step + 1)} for step, value in enumerate(values)}
+        for scheme, values in curves.items()
+    }
+    entry = {"family": family, "images": 2, "input": {"psnr": input_psnr, "ssim": 0.5, "psnr_y": 21.0,
+                                                      "ssim_y": 0.55}, "schemes": schemes}
+    if classical is not None:
+        entry["classical"] = {"method": "x", "psnr": classical, "ssim": 0.6, "psnr_y": 0, "ssim_y": 0, "seconds": 0.1}
+    return entry
+
+
+def _doc(val, test=None):
+    return {"convention": {"psnr": "skimage"}, "versions": {}, "splits": {"val": val, "test": test or val}}
+
+
+def test_auto_picks_global_maximum_and_per_family_steps():
+    val = {
+        "denoise_25": _task("noise", {"official": [30, 31, 30.5, 30.0], "anchored": [30, 31.5, 31.6, 31.0]}),
+        "dehaze": _task("haze", {"official": [20, 22, 23, 24.0], "anchored": [20, 21, 21.2, 21.3]}),
+    }
+    chosen = selection.select(_doc(val), "auto", scheme="anchored", schemes=["official", "anchored"])
+    # official: step 3 -> (30.0 + 24) / 2 = 27.0; anchored best: step 3 -> 26.15; official step 2 -> 26.75
+    assert (chosen["scheme"], chosen["steps"]) == ("official", 3)
+    assert chosen["val_psnr"] == pytest.approx(27.0)
+    assert chosen["per_family"] == {"noise": 1, "haze": 3}
+    assert chosen["per_task"] == {"dehaze": 3, "denoise_25": 1}
+
+
+def test_ties_go_to_fewer_steps_then_configured_scheme():
+    flat = {"derain": _task("rain", {"official": [25, 25, 25], "anchored": [25, 25, 25]})}
+    chosen = selection.select(_doc(flat), "auto", scheme="anchored", schemes=["official", "anchored"])
+    assert (chosen["scheme"], chosen["steps"]) == ("anchored", 0)
+    chosen = selection.select(_doc(flat), "auto", scheme="official", schemes=["anchored", "official"])
+    assert (chosen["scheme"], chosen["steps"]) == ("official", 0)
+    same_best = {"derain": _task("rain", {"official": [25, 26, 26], "anchored": [25, 26, 25]})}
+    chosen = selection.select(_doc(same_best), "auto", scheme="official", schemes=["anchored", "official"])
+    assert (chosen["scheme"], chosen["steps"]) == ("official", 1)
+
+
+def test_forced_steps_use_configured_scheme():
+    val = {"dehaze": _task("haze", {"official": [20, 30, 31], "anchored": [20, 22, 23]})}
+    chosen = selection.select(_doc(val), 1, scheme="anchored", schemes=["official", "anchored"])
+    assert (chosen["scheme"], chosen["steps"]) == ("anchored", 1)
+    assert chosen["per_task"] == {"dehaze": 1} and chosen["criterion"] == "forced by refine_steps"
+    with pytest.raises(SiplError, match="refine.max_steps"):
+        selection.select(_doc(val), 5, scheme="anchored", schemes=["official", "anchored"])
+
+
+def test_auto_without_validation_split_names_the_fix():
+    doc = {"splits": {"test": {"dehaze": _task("haze", {"anchored": [20, 21]})}}}
+    with pytest.raises(SiplError, match="eval.splits"):
+        selection.select(doc, "auto", scheme="anchored", schemes=["anchored"])
+
+
+def test_eval_metrics_document_keys_and_groups():
+    names = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze", "low_haze"]
+    val = {name: _task("composite" if name == "low_haze" else "x", {"anchored": [20, 22, 21]},
+                       classical=19.0 if name == "dehaze" else None) for name in names}
+    test = {name: _task(task["family"], {"anchored": [21, 23, 22]}) for name, task in val.items()}
+    test["dehaze"]["classical"] = {"method": "dcp", "psnr": 18.5, "ssim": 0.7}
+    doc = _doc(val, test)
+    chosen = selection.select(doc, "auto", scheme="anchored", schemes=["official", "anchored"])
+    result = selection.eval_metrics(doc, chosen)
+    json.dumps(result, allow_nan=False)
+    assert result["split"] == "test" and result["selected"]["steps"] == 1
+    task = result["tasks"]["derain"]
+    assert task["psnr"] == 23 and task["step0_psnr"] == 21 and task["input_psnr"] == 20 and task["sipl_gain"] == 2
+    assert set(task) >= {"psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "step0_psnr"}
+    assert "classical_psnr" not in task and result["tasks"]["dehaze"]["classical_psnr"] == 18.5
+    assert set(result["groups"]) == {"all", "three_task", "composite"}
+    assert result["groups"]["three_task"]["tasks"] == 5 and result["groups"]["composite"]["tasks"] == 1
+    assert result["sipl_gain"] == pytest.approx(2.0)
+    assert set(selection.selection_file(chosen)) >= {"scheme", "steps", "per_task"}
+
+
+def test_group_membership_rules():
+    families = {"denoise_25": "noise", "dehaze": "haze", "derain": "rain", "deblur": "blur", "lowlight": "lowlight",
+                "haze_snow": "snow"}
+    groups = selection.group_members(families)
+    assert groups["five_task"] == sorted(selection.FIVE_TASK)
+    assert "three_task" not in groups  # denoise_15/50 missing
+    assert groups["composite"] == ["haze_snow"]  # a CDD-11 name counts even outside the composite family

@@ -1,0 +1,185 @@
+"""Training loop without Ray (fast): loss goes down, export, resume, NaN stop, global-batch invariance, schedule,
+losses, batch plan, and the ``sipl train`` command's checks."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sipl.config import parse_params
+from sipl.errors import SiplError
+from sipl.losses import charbonnier, fft_l1, l1, pixel_loss
+from sipl.schedule import batch_plan, learning_rate
+from sipl.train import LocalSession, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from tests.test_data import make_shards, tiny_params
+
+torch.set_num_threads(1)
+SMALL = {"width": 8, "middle_blocks": 1}
+
+
+def _params(shard_root, **train):
+    raw = tiny_params(shard_root, **train).model_dump(mode="json")
+    raw["profiles"]["tiny"]["model"]["overrides"] = SMALL
+    return parse_params(raw, source="test")
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("train") / "shards")
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+
+def test_learning_rate_warmup_then_cosine():
+    lrs = [learning_rate(s, 1e-3, 1e-5, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert learning_rate(100, 1e-3, 1e-5, 10, 100) == pytest.approx(1e-5)
+
+
+def test_batch_plan():
+    assert batch_plan(8, 2).worker_batch == 4 and batch_plan(8, 2).accumulation == 1
+    plan = batch_plan(32, 2, max_worker_batch=6)
+    assert (plan.worker_batch, plan.accumulation, plan.micro_batch) == (16, 4, 4)
+    with pytest.raises(SiplError, match=r"train.global_batch=6 is not divisible by ray.num_workers=4"):
+        batch_plan(6, 4, profile="tiny")
+
+
+def test_losses():
+    a, b = torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.5)
+    assert float(l1(a, b)) == pytest.approx(0.5)
+    assert float(charbonnier(a, b)) == pytest.approx(0.5, abs=1e-5)
+    assert float(fft_l1(a, a)) == 0.0 and float(fft_l1(a, b)) > 0
+    combined = pixel_loss(1.0, 0.0, 0.1)
+    assert float(combined(a, b)) == pytest.approx(0.5 + 0.1 * float(fft_l1(a, b)))
+    with pytest.raises(ValueError, match="all 0"):
+        pixel_loss(0, 0, 0)
+
+
+def test_global_batch_invariance():
+    """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients)."""
+    from sipl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, **SMALL)
+    rng = np.random.default_rng(0)
+    batch = {k: torch.from_numpy(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)) for k in ("lq", "gt")}
+    halves = [{k: v[i * 2:(i + 1) * 2] for k, v in batch.items()} for i in range(2)]
+    one = batch_plan(4, 1, max_worker_batch=2)
+    two = batch_plan(4, 2)
+    assert one.accumulation == 2 and one.micro_batch == two.micro_batch == 2
+
+    single = copy.deepcopy(model)
+    accumulate_gradients(_StepModule(single, l1, 0.5, False), halves, torch.device("cpu"))
+    replicas = [copy.deepcopy(model) for _ in range(2)]
+    for replica, half in zip(replicas, halves):
+        accumulate_gradients(_StepModule(replica, l1, 0.5, False), [half], torch.device("cpu"))
+    for p_single, p_a, p_b in zip(single.parameters(), *(r.parameters() for r in replicas)):
+        if p_single.grad is None:
+            assert p_a.grad is None and p_b.grad is None
+            continue
+        torch.testing.assert_close(p_single.grad, (p_a.grad + p_b.grad) / 2, rtol=1e-4, atol=1e-6)
+    # and the same first update
+    opt_single = torch.optim.AdamW(single.parameters(), lr=1e-3)
+    opt_single.step()
+    averaged = copy.deepcopy(model)
+    for p, p_a, p_b in zip(averaged.parameters(), *(r.parameters() for r in replicas)):
+        p.grad = None if p_a.grad is None else (p_a.grad + p_b.grad) / 2
+    torch.optim.AdamW(averaged.parameters(), lr=1e-3).step()
+    for a, b in zip(single.parameters(), averaged.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- loop
+
+def test_training_decreases_loss_and_exports(shard_root, tmp_path):
+    params = _params(shard_root, steps=14, checkpoint_every=7, val_every=7, ema_decay=0.5)
+    session = LocalSession(tmp_path / "ckpt")
+    metrics = train_worker(make_spec(params, num_workers=1), 0, 1, session)
+    assert metrics["step"] == 14 and "failed" not in metrics
+    history = [r for r in metrics_history(session)]
+    assert np.mean([r["loss"] for r in history[-2:]]) < np.mean([r["loss"] for r in history[:2]])
+    assert [p.name for p in sorted((tmp_path / "ckpt").iterdir())] == ["checkpoint_00000007", "checkpoint_00000014"]
+    summary = export(session.latest_checkpoint(), tmp_path / "out", params)
+    assert summary["steps"] == 14 and summary["samples_per_s"] > 0 and summary["skipped_samples"] == 0
+    assert set(summary["val"]) == {"denoise", "lowlight"}
+    assert set(summary["val"]["denoise"]) >= {"psnr", "input_psnr"}
+    saved = json.loads((tmp_path / "out" / "metrics" / "train.json").read_text())
+    assert saved == summary
+    csv = (tmp_path / "out" / "plots" / "train.csv").read_text().splitlines()
+    assert csv[0].startswith("step,loss,loss_main,loss_preliminary,lr,val_psnr") and len(csv) >= 5
+    from sipl.checkpoint import load_model
+
+    model, meta = load_model(tmp_path / "out" / "models")
+    assert meta["weights"] == "ema" and meta["training"]["steps"] == 14 and meta["profile"] == "tiny"
+
+
+def metrics_history(session):
+    from sipl.checkpoint import read_training_state
+
+    return read_training_state(session.latest_checkpoint())[1]["history"]
+
+
+def test_resume_continues_from_saved_step(shard_root, tmp_path):
+    params = _params(shard_root, steps=6, checkpoint_every=3)
+    spec = make_spec(params, num_workers=1)
+    session = LocalSession(tmp_path / "ckpt")
+    first = train_worker({**spec, "stop_at_step": 3}, 0, 1, session)
+    assert first["step"] == 3
+    second_session = LocalSession(tmp_path / "ckpt")
+    final = train_worker(spec, 0, 1, second_session)
+    assert final["step"] == 6 and final["summary"]["resumed_from"] == [3]
+    assert [r["step"] for r in metrics_history(second_session)] == [2, 3, 4, 6]
+    # a finished run restarted only re-reports its final state
+    again = train_worker(spec, 0, 1, LocalSession(tmp_path / "ckpt"))
+    assert again["step"] == 6 and again["summary"]["steps"] == 6
+
+
+def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def exploding(pred, target):
+        calls["n"] += 1
+        value = (pred - target).abs().mean()
+        return value * float("nan") if calls["n"] > 4 else value
+
+    monkeypatch.setattr("sipl.losses.from_config", lambda cfg: exploding)
+    params = _params(shard_root, steps=6, checkpoint_every=1, loss={"l1": 1.0, "preliminary": 0.0})
+    session = LocalSession(tmp_path / "ckpt")
+    metrics = train_worker(make_spec(params, num_workers=1), 0, 1, session)
+    assert "non-finite loss" in metrics["failed"] and "at step 5" in metrics["failed"]
+    assert "last good checkpoint is kept (step 4)" in metrics["failed"]
+    assert "__" in metrics["failed"].split("batch samples: ")[1]
+    assert session.latest_checkpoint().name == "checkpoint_00000004"
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+def _write_params(tmp_path, params):
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return path
+
+
+def test_cli_check_and_errors(shard_root, tmp_path, capsys):
+    from sipl.cli import main
+
+    path = _write_params(tmp_path, _params(shard_root))
+    assert main(["train", "--params", str(path), "--check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["plan"]["worker_batch"] == 2 and report["train_shards"] == {"denoise": 2, "lowlight": 2}
+
+    assert main(["train", "--params", str(path), "--check", "--workers", "3"]) == 2
+    assert "global_batch=4 is not divisible by ray.num_workers=3" in capsys.readouterr().err
+
+    raw = _params(shard_root).model_dump(mode="json")
+    raw["tasks"]["derain"] = {"family": "rain", "steps": [{"name": "rain"}]}
+    path = _write_params(tmp_path, parse_params(raw))
+    assert main(["train", "--params", str(path), "--check"]) == 2
+    assert "task 'derain' has no train shards" in capsys.readouterr().err
