@@ -298,6 +298,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         in_sync = max(checksum) - min(checksum) <= 1e-6 * max(1.0, abs(checksum[0]))
         state["wall_s"] = wall_before + time.perf_counter() - wall_start
         report = {"step": step, "replicas_in_sync": bool(in_sync), **extra}
+        if isinstance(report.get("summary"), dict):
+            report["summary"]["replicas_in_sync"] = bool(in_sync)
         with tempfile.TemporaryDirectory(prefix="sipl-ckpt-") as tmp:
             checkpoint_dir = None
             if rank == 0:

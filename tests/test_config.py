@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sipl.config import ConfigError, load_params, parse_params
+from tests.conftest import REPO_ROOT
+
+
+def _raw():
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def test_repository_params_are_valid_and_select_the_profile():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.profile == "tiny" and params.model.backbone == "nafnet"
+    assert params.train is params.profiles["tiny"].train
+    raw = _raw()
+    raw["profile"] = "paper"
+    assert parse_params(raw).model.backbone == "promptir"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["shards"].update(encodng="npy"), "shards.encodng: unknown key"),
+    (lambda r: r.update(profile="huge"), "profile: got 'huge'; allowed: 'tiny', 'small' or 'paper'"),
+    (lambda r: r["shards"].update(encoding="jpeg"), "shards.encoding: got 'jpeg'; allowed: 'npy' or 'png'"),
+    (lambda r: r["profiles"]["tiny"]["train"].update(steps=0), "profiles.tiny.train.steps"),
+    (lambda r: r.update(refine_steps=9), "refine_steps=9 exceeds refine.max_steps=3"),
+    (lambda r: r.update(refine_steps="sometimes"), "refine_steps"),
+    (lambda r: r["tasks"]["derain"].update(steps=[{"sigma": 1}]), "tasks.derain.steps"),
+    (lambda r: r["sources"].append({"kind": "folder"}), "sources.1: Value error, a 'folder' source needs 'path'"),
+    (lambda r: r["splits"].update(val_fraction=0.6, test_fraction=0.5), "val_fraction + test_fraction must be < 1"),
+])
+def test_bad_values_name_the_key_path(mutate, expected):
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, source="params.yaml")
+    assert expected in str(info.value)
+    assert str(info.value).startswith("params.yaml: invalid parameters")
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    bad = _raw()
+    bad["seeed"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, "-m", "sipl.cli", "synthesize", "--params", str(tmp_path / "params.yaml")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "seeed: unknown key" in result.stderr and "Traceback" not in result.stderr
+    missing = subprocess.run([sys.executable, "-m", "sipl.cli", "synthesize"], capture_output=True, text=True,
+                             cwd=tmp_path / "..", timeout=120)
+    assert missing.returncode == 2 and "params.yaml: not found" in missing.stderr
