@@ -116,14 +116,17 @@ def quantize8(image: np.ndarray) -> np.ndarray:
     return (np.rint(np.clip(image, 0.0, 1.0) * 255.0) * (1.0 / 255.0)).astype(np.float32)
 
 
-def degradation(name: str) -> Callable[[Callable[..., tuple[np.ndarray, dict]]], Callable[..., tuple[np.ndarray, dict]]]:
+Degradation = Callable[..., tuple[np.ndarray, dict]]
+
+
+def degradation(name: str) -> Callable[[Degradation], Degradation]:
     """Wrap a float32 core ``core(image, rng, **params) -> (image, drawn)`` into the public degradation form.
 
     The wrapper validates the image, the generator and the parameter names, hands the core a float32 copy in
     [0, 1], converts the result back to the caller's dtype and prefixes the record with ``"name"``.
     """
 
-    def wrap(core: Callable[..., tuple[np.ndarray, dict]]) -> Callable[..., tuple[np.ndarray, dict]]:
+    def wrap(core: Degradation) -> Degradation:
         allowed = tuple(p for p in inspect.signature(core).parameters if p not in ("image", "rng"))
 
         @functools.wraps(core)
@@ -166,7 +169,7 @@ def srgb_to_linear(image: np.ndarray) -> np.ndarray:
 def linear_to_srgb(image: np.ndarray) -> np.ndarray:
     """sRGB encoding: linear light (clipped to [0, 1]) -> sRGB values in [0, 1] (float32)."""
     x = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    out = cv2.pow(x, 1 / 2.4)
+    out = cv2.pow(np.maximum(x, np.float32(1e-6)), 1 / 2.4)  # no subnormal inputs (slow); the toe is patched below
     out *= np.float32(1.055)
     out -= np.float32(0.055)
     toe = x <= 0.0031308

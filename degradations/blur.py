@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 from degradations._core import convolve, degradation, draw_float, linear_to_srgb, srgb_to_linear

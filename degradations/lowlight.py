@@ -21,7 +21,10 @@ READ_SLOPE, READ_INTERCEPT, READ_SPREAD = 2.18, 1.20, 0.26
 
 def darken(linear: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
     """β·(α·I)^γ on a linear-light image (float32 in [0, 1])."""
-    return (np.float32(beta) * cv2.pow(np.float32(alpha) * linear, float(gamma))).astype(np.float32)
+    # flooring the base keeps the power's results >= 1e-20: subnormal floats make pow and later ops ~10x slower,
+    # and anything under the floor is far below one 8-bit level
+    base = np.maximum(np.float32(alpha) * linear, np.float32(10.0 ** (-20.0 / gamma)))
+    return (np.float32(beta) * cv2.pow(base, float(gamma))).astype(np.float32)
 
 
 def poisson_gaussian(rng: np.random.Generator, linear: np.ndarray, shot: float, read: float) -> np.ndarray:

@@ -117,7 +117,12 @@ name = sys.argv[1]
 try:
     repo = Repo(".")
     odb = repo.cloud.get_remote_odb(name)
-    odb.fs.exists(odb.path)
+    protocols = odb.fs.protocol if isinstance(odb.fs.protocol, (tuple, list)) else (odb.fs.protocol,)
+    if set(protocols) & {"s3", "gs", "gcs", "azure"}:
+        # list the bucket, not the prefix: a fresh remote has no prefix yet, a missing bucket must fail
+        odb.fs.ls(odb.path.split("/")[0])
+    else:
+        odb.fs.exists(odb.path)
     print(json.dumps({"ok": True}))
 except Exception as error:
     print(json.dumps({"ok": False, "type": type(error).__name__, "message": str(error)}))

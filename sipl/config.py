@@ -94,10 +94,13 @@ class TaskConfig(_Strict):
 
     @field_validator("steps")
     @classmethod
-    def _steps_named(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, step in enumerate(steps):
-            if "name" not in step:
-                raise ValueError(f"step {i} has no 'name' (one of the degradations registry names)")
+    def _steps_known(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import degradations
+
+        try:
+            degradations.validate(steps)
+        except degradations.DegradationError as error:
+            raise ValueError(str(error)) from None
         return steps
 
 

@@ -89,10 +89,10 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
     """Shard URLs per task of one split, checked before any worker starts.
 
     Checks that the manifest lists shards for every task, that each shard exists, is non-empty and (with
-    ``verify_sha256``) matches the manifest's sha256, which also catches truncated tars. ``required=False``
+    ``verify_sha256``, local shards) matches the manifest's sha256, which also catches truncated tars. ``required=False``
     leaves tasks without shards out (with a warning) instead of failing. Raises SiplError naming the split,
     task and shard and what to do."""
-    from sipl.shards import join, read_manifest
+    from sipl.shards import is_remote, join, read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(root)
     listed = manifest.get("splits", {}).get(split, {})
@@ -117,7 +117,8 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
                                 "missing; re-run `sipl synthesize` or `dvc pull`")
             if size == 0:
                 raise SiplError(f"shard {url} (task '{task}', split '{split}') is empty; re-run `sipl synthesize`")
-            if verify_sha256 and shard.get("sha256"):
+            # Hashing remote shards would download the whole data set before training; size checks only there.
+            if verify_sha256 and shard.get("sha256") and not is_remote(url):
                 digest = _sha256_file(url)
                 if digest != shard["sha256"]:
                     raise SiplError(f"shard {url} (task '{task}', split '{split}') is corrupt or truncated: sha256 "

@@ -135,6 +135,20 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
     return terms
 
 
+def unused_parameters(step_module: _StepModule, device: torch.device, side: int = 32) -> list[str]:
+    """Names of parameters that get no gradient from one training step (DDP must be told about them).
+
+    Probed on one random side×side sample; gradients are cleared afterwards and the torch RNG state is kept."""
+    rng_state = torch.get_rng_state()
+    probe = torch.rand(2, 1, 3, side, side, device=device)
+    step_module.model.zero_grad(set_to_none=True)
+    step_module(probe[0], probe[1])["loss"].backward()
+    unused = [name for name, p in step_module.model.named_parameters() if p.requires_grad and p.grad is None]
+    step_module.model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng_state)
+    return unused
+
+
 # --------------------------------------------------------------------------------------------- sessions
 
 class LocalSession:
@@ -154,7 +168,7 @@ class LocalSession:
         latest = self.latest_checkpoint()
         return load(str(latest)) if latest else None
 
-    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
         return module
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -184,10 +198,15 @@ class RaySession:
         with checkpoint.as_directory() as directory:
             return load(directory)
 
-    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+        import warnings
+
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
+        # Depthwise-conv gradients have other strides than DDP's buckets: a copy, not an error.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return ray.train.torch.prepare_model(
+            module, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters})
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
@@ -224,6 +243,14 @@ def _param_checksum(model: torch.nn.Module) -> float:
 def _write_progress(pid_dir: str | None, rank: int, step: int) -> None:
     if pid_dir:
         write_json_atomic(Path(pid_dir) / f"rank{rank}.json", {"pid": os.getpid(), "step": step})
+
+
+def _say(message: str) -> None:
+    """One progress line on stdout (written directly: Ray Train's patched ``print`` would log it twice)."""
+    import sys
+
+    sys.stdout.write(f"[sipl train] {message}\n")
+    sys.stdout.flush()
 
 
 def _format_eta(seconds: float) -> str:
@@ -270,12 +297,13 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         state.update({k: info[k] for k in state if k in info})
         state["resumed_from"] = list(state["resumed_from"]) + [int(info["step"])]
         if rank == 0:
-            print(f"[sipl train] resuming from step {info['step']}", flush=True)
+            _say(f"resuming from step {info['step']}")
     start_step = int(state["step"])
     last_checkpoint = start_step if info is not None else None
     restored_summary = (info or {}).get("summary")
 
-    wrapped = session.prepare(_StepModule(model, from_config(cfg.loss), cfg.loss.preliminary, cfg.random_proxy))
+    step_module = _StepModule(model, from_config(cfg.loss), cfg.loss.preliminary, cfg.random_proxy)
+    wrapped = session.prepare(step_module, find_unused_parameters=bool(unused_parameters(step_module, device)))
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
                           corrupt_samples=cfg.corrupt_samples)
@@ -335,7 +363,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                        f"last good checkpoint is kept (step {last_checkpoint}). "
                        "Lower train.lr, set train.grad_clip, or check those samples")
             if rank == 0:
-                print(f"[sipl train] {message}", flush=True)
+                _say(f"{message}")
             session.report({"step": step, "failed": message}, None)
             metrics.update({"step": step, "failed": message})
             return metrics
@@ -364,15 +392,15 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                 elapsed = time.perf_counter() - step_start
                 eta = elapsed / max(1, step - start_step) * (total - step)
                 losses = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(LOSS_PREFIX))
-                print(f"[sipl train] step {step}/{total} {losses} lr {lr:.2e} {speed:.1f} samples/s "
-                      f"ETA {_format_eta(eta)}", flush=True)
+                _say(f"step {step}/{total} {losses} lr {lr:.2e} {speed:.1f} samples/s "
+                      f"ETA {_format_eta(eta)}")
         if rank == 0 and val_sets and (step % cfg.val_every == 0 or is_last):
             state["val"] = validate(eval_model, val_sets, device)
             row = row or {"step": step}
             row["val_psnr"] = float(np.mean([v["psnr"] for v in state["val"].values()]))
             row["val_input_psnr"] = float(np.mean([v["input_psnr"] for v in state["val"].values()]))
-            print(f"[sipl train] val step {step}: " + ", ".join(
-                f"{t} {v['psnr']:.2f} dB (input {v['input_psnr']:.2f})" for t, v in state["val"].items()), flush=True)
+            _say(f"val step {step}: " + ", ".join(
+                f"{t} {v['psnr']:.2f} dB (input {v['input_psnr']:.2f})" for t, v in state["val"].items()))
         if row is not None and rank == 0:
             state["history"].append(row)
         if step % cfg.checkpoint_every == 0 or is_last:
@@ -427,15 +455,17 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
 
     from sipl.data import check_shards, task_weights
     from sipl.schedule import batch_plan
-    from sipl.shards import read_manifest
+    from sipl.shards import is_remote, read_manifest
 
     cfg = params.train
     workers = num_workers or params.ray.num_workers
     plan = batch_plan(cfg.global_batch, workers, cfg.max_worker_batch, params.profile)
-    manifest = read_manifest(params.shards.root)
+    # Ray workers do not run in the driver's working directory: hand them absolute local shard paths.
+    root = params.shards.root if is_remote(params.shards.root) else str(Path(params.shards.root).resolve())
+    manifest = read_manifest(root)
     tasks = list(params.tasks)
-    train_urls = check_shards(params.shards.root, tasks, "train", manifest=manifest)
-    val_urls = check_shards(params.shards.root, tasks, "val", required=False, manifest=manifest)
+    train_urls = check_shards(root, tasks, "train", manifest=manifest)
+    val_urls = check_shards(root, tasks, "val", required=False, manifest=manifest)
     weights = task_weights({t: params.tasks[t].family for t in tasks}, cfg.task_weights)
     threads = params.ray.threads_per_worker or max(1, int(params.ray.cpus_per_worker))
     return {"params": params.model_dump(mode="json"), "train_urls": train_urls, "val_urls": val_urls,
@@ -492,7 +522,10 @@ def storage_for(storage_path: str, project_dir: str | os.PathLike = ".") -> tupl
         import pyarrow.fs
         import s3fs
 
-        filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(s3fs.S3FileSystem()))
+        # The endpoint travels inside the (pickled) filesystem: Ray's controller and workers use it too.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        s3 = s3fs.S3FileSystem(endpoint_url=endpoint) if endpoint else s3fs.S3FileSystem()
+        filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(s3))
         return storage_path[len("s3://"):].rstrip("/"), filesystem
     return str(Path(project_dir, storage_path).resolve()), None
 
@@ -511,9 +544,9 @@ def fit(params, *, project_dir: str | os.PathLike = ".", stop_at_step: int | Non
     try:
         storage_path, filesystem = storage_for(params.ray.storage_path, project_dir)
         run_name = f"{params.ray.run_name}-{spec['fingerprint']}"
-        print(f"[sipl train] run {run_name} in {params.ray.storage_path}: {params.ray.num_workers} worker(s), "
+        _say(f"run {run_name} in {params.ray.storage_path}: {params.ray.num_workers} worker(s), "
               f"global batch {spec['plan']['global_batch']} = {params.ray.num_workers} x "
-              f"{spec['plan']['accumulation']} x {spec['plan']['micro_batch']}", flush=True)
+              f"{spec['plan']['accumulation']} x {spec['plan']['micro_batch']}")
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_entry,
             train_loop_config=spec,

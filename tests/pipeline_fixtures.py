@@ -20,12 +20,10 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 
-# Two tasks, a handful of small crops, 20 optimiser steps on one Ray worker, one refinement step.
+# Two tasks (as params.yaml defines them), a handful of small crops, 20 optimiser steps on one Ray worker,
+# one refinement step.
+KEEP_TASKS = ("denoise_25", "dehaze")
 SHRINK: dict[str, Any] = {
-    "tasks": {
-        "denoise_25": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
-        "dehaze": {"family": "haze", "steps": [{"name": "haze"}]},
-    },
     "crops": {
         "train": {"size": 48, "per_image": 2, "multiple": 16, "max_side": None},
         "val": {"size": 48, "per_image": 1, "multiple": 16, "max_side": None},
@@ -37,8 +35,8 @@ SHRINK: dict[str, Any] = {
         "log_every": 5, "checkpoint_every": 20, "loader_workers": 0, "shuffle_buffer": 8,
     },
     "ray": {"num_workers": 1, "cpus_per_worker": 1},
-    "refine": {"max_steps": 1},
-    "eval": {"max_images_per_task": 2, "classical": False, "sample_grid_images": 1},
+    "refine": {"max_steps": 1, "schemes": ["anchored"], "scheme": "anchored"},
+    "eval": {"max_images_per_task": 1, "classical": False, "sample_grid_images": 1},
 }
 
 GIT_IDENTITY = {"user.name": "sipl-test", "user.email": "sipl-test@localhost"}
@@ -61,15 +59,16 @@ def copy_project(dest: Path) -> Path:
 
 
 def shrink_params(path: Path, changes: dict[str, Any] = SHRINK) -> None:
-    """Overwrite blocks of ``path``: each key of ``changes`` is a dotted path whose mapping (or value) replaces or
-    updates what is there (mappings are updated key by key, other values replaced)."""
+    """Keep only KEEP_TASKS, then overwrite blocks of ``path``: each key of ``changes`` is a dotted path whose
+    mapping updates what is there key by key (any other value replaces it)."""
     data = yaml.safe_load(path.read_text())
+    data["tasks"] = {name: data["tasks"][name] for name in KEEP_TASKS}
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = data
         for part in parents:
             node = node[part]
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict) and dotted != "tasks":
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
             node[leaf].update(value)
         else:
             node[leaf] = value

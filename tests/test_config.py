@@ -28,7 +28,7 @@ def test_repository_params_are_valid_and_select_the_profile():
     (lambda r: r["profiles"]["tiny"]["train"].update(steps=0), "profiles.tiny.train.steps"),
     (lambda r: r.update(refine_steps=9), "refine_steps=9 exceeds refine.max_steps=3"),
     (lambda r: r.update(refine_steps="sometimes"), "refine_steps"),
-    (lambda r: r["tasks"]["derain"].update(steps=[{"sigma": 1}]), "tasks.derain.steps"),
+    (lambda r: r["tasks"]["derain"].update(steps=[{"sigma": 1}]), "tasks.derain.steps: Value error, degradation step 0"),
     (lambda r: r["sources"].append({"kind": "folder"}), "sources.1: Value error, a 'folder' source needs 'path'"),
     (lambda r: r["splits"].update(val_fraction=0.6, test_fraction=0.5), "val_fraction + test_fraction must be < 1"),
 ])

@@ -212,6 +212,14 @@ def test_every_degradation_honours_the_contract(photo, name, dtype):
     json.dumps(applied)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (17, 90)])
+def test_tiny_and_thin_images_work(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape + (3,), dtype=np.uint8)
+    for name in REGISTRY:
+        out, _ = apply(name, image, np.random.default_rng(1))
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+
+
 def test_apply_takes_a_name_a_dict_or_a_list(photo):
     out, applied = apply("rain", photo, np.random.default_rng(0))
     assert [a["name"] for a in applied] == ["rain"] and out.shape == photo.shape
@@ -287,3 +295,18 @@ def test_params_yaml_tasks_are_valid_and_run(photo):
         out, applied = apply(steps, photo[:24, :24], np.random.default_rng(len(task)))
         assert len(applied) == len(steps) and _strict_json(applied), task
         assert math.isfinite(float(out.mean()))
+
+
+def test_no_global_rng_and_no_torch(photo):
+    import random
+    import subprocess
+    import sys
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    for name in REGISTRY:
+        apply(name, photo, np.random.default_rng(0))
+    after = np.random.get_state()
+    assert np_state[0] == after[0] and np.array_equal(np_state[1], after[1]) and np_state[2:] == after[2:]
+    assert random.getstate() == py_state
+    code = "import sys, degradations; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=60).returncode == 0

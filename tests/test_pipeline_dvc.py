@@ -171,7 +171,7 @@ def test_stage_killed_midway_is_rerun_and_nothing_half_written_is_cached(pipelin
     lock_before = (repo / "dvc.lock").read_text()
     # Invalidate evaluate (and what follows), then SIGKILL `dvc repro` and its stage while evaluate runs.
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["eval"]["max_images_per_task"] = 1
+    params["eval"]["tile_overlap"] += 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:

@@ -116,11 +116,15 @@ def test_source_without_usable_images_fails_clearly(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_unknown_degradation_lists_the_known_ones(tmp_path):
-    params = _params(_folder(tmp_path, 2), tmp_path / "out",
-                     tasks={"x": {"family": "noise", "steps": [{"name": "fog_machine"}]}})
-    with pytest.raises(SiplError, match="fog_machine.*known: .*gaussian_noise"):
-        synthesize(params, progress=False)
+def test_unknown_degradation_fails_at_load_naming_the_task(tmp_path):
+    from sipl.config import ConfigError
+
+    folder = _folder(tmp_path, 2)
+    with pytest.raises(ConfigError, match="tasks.x.steps: .*fog_machine.*known: .*gaussian_noise"):
+        _params(folder, tmp_path / "out", tasks={"x": {"family": "noise", "steps": [{"name": "fog_machine"}]}})
+    with pytest.raises(ConfigError, match="tasks.y.steps: .*unknown parameter.*sigmaa"):
+        _params(folder, tmp_path / "out",
+                tasks={"y": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigmaa": 3}]}})
 
 
 def test_split_assignment_is_stable_and_per_group():

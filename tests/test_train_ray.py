@@ -25,14 +25,29 @@ SMALL = {"width": 8, "middle_blocks": 1}
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
+    """One local Ray instance for the module, started with an S3 endpoint (moto) in its environment so that
+    every Ray process (controller, workers) can reach s3:// storage."""
     import ray
 
-    temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")  # short: Ray's Unix socket paths must fit
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    from tests.services import create_bucket, moto_s3
+
+    with moto_s3(tmp_path_factory.mktemp("moto")) as env:
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        create_bucket(env, "runs")
+        temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")  # short: Ray's Unix socket paths must fit
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+        try:
+            yield env
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _params(shard_root, **train):
@@ -83,12 +98,22 @@ def test_fit_survives_worker_kill(ray_local, tmp_path):
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 
-def test_restart_resumes_from_saved_step(ray_local, tmp_path):
+def test_restart_resumes_from_saved_step_on_s3(ray_local, tmp_path):
+    """Interrupted after the step-4 checkpoint, restarted with the same params: continues at step 4. The run's
+    checkpoints live on S3 (ray.storage_path: s3://...)."""
+    import s3fs
+
     from sipl.train import fit
 
     shard_root = make_shards(tmp_path / "shards")
     params = _params(shard_root, steps=8, checkpoint_every=4, val_every=8)
+    raw = params.model_dump(mode="json")
+    raw["ray"]["storage_path"] = "s3://runs/sipl"
+    params = parse_params(raw, source="test")
     assert fit(params, project_dir=tmp_path, stop_at_step=4) == {"stopped_at": 4}
     assert not (tmp_path / "models").exists()
     summary = fit(params, project_dir=tmp_path)
     assert summary["steps"] == 8 and summary["resumed_from"] == [4]
+    assert (tmp_path / "models" / "model.safetensors").is_file()
+    stored = s3fs.S3FileSystem().find("runs/sipl")
+    assert any(path.endswith("state.safetensors") for path in stored)

@@ -20,7 +20,7 @@ from sipl.models.proxy_fusion import ProxyFusion
 # Per fusion level (0: decoder level 2, 1: decoder level 3, 2: latent), as in the official code:
 # p1_cross 1 / cross_p1 1, p2_cross 2 / cross_p2 2, p3_cross 1 / cross_p3 4.
 SIPL_PRESETS = {
-    "tiny": {"dict_sizes": (8, 8, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
+    "tiny": {"dict_sizes": (8, 8, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 1.0,
              "dict_init": "normal"},
     "small": {"dict_sizes": (32, 16, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
               "dict_init": "normal"},

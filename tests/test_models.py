@@ -1,0 +1,161 @@
+"""Backbones and the SIPL wrapper on tiny configs (CPU, seconds); paper sizes only for parameter counts."""
+
+import json
+
+import pytest
+import torch
+
+from sipl.models import BACKBONES, build_model
+from sipl.models.proxy_fusion import dictionary_parameters
+
+torch.set_num_threads(1)
+
+# Published / reconstructed counts (docs/model.md): PromptIR's release defines 215,296 parameters it never uses.
+PROMPTIR_PAPER_PLAIN = 35_376_967
+PROMPTIR_UNUSED = 215_296
+PROMPTIR_PAPER_SIPL = 40_028_562
+
+
+def l1(a, b):
+    return (a - b).abs().mean()
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    torch.manual_seed(0)
+    return {(name, sipl): build_model(name, "tiny", sipl=sipl).eval() for name in BACKBONES for sipl in (True, False)}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("sipl", [True, False])
+def test_odd_sizes_keep_shape(tiny_models, name, sipl):
+    model = tiny_models[(name, sipl)]
+    x = torch.rand(2, 3, 37, 53)
+    with torch.no_grad():
+        y = model(x)
+        y_priv = model(x, privileged=x)
+    assert y.shape == x.shape and y_priv.shape == x.shape
+    assert torch.isfinite(y).all()
+    if sipl:
+        assert not torch.allclose(y, y_priv), "privileged features must change the SIPL output"
+    else:
+        assert torch.equal(y, y_priv), "a plain backbone ignores privileged input"
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_encoder_features_match_fusion_levels(tiny_models, name):
+    model = tiny_models[(name, True)]
+    features = model.encode_privileged(torch.rand(1, 3, 37, 53))
+    assert [f.shape[1] for f in features] == list(model.backbone.fusion_channels)
+    # enc level 2, enc level 3, latent of the input padded to 40×56: H/2, H/4, H/8
+    assert [tuple(f.shape[-2:]) for f in features] == [(20, 28), (10, 14), (5, 7)]
+
+
+def test_encoder_state_is_reusable(tiny_models):
+    model = tiny_models[("nafnet", True)]
+    x, other = torch.rand(1, 3, 24, 40), torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        state = model.encode(x)
+        privileged = model.encode_privileged(other)
+        assert torch.allclose(model.decode(state), model(x), atol=1e-6)
+        assert torch.allclose(model.decode(state, privileged), model(x, privileged=other), atol=1e-6)
+        assert torch.allclose(model.decode(state, privileged), model(x, privileged=privileged), atol=1e-6)
+
+
+def test_config_round_trip_through_json():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, width=8, dict_sizes=(4, 4, 4))
+    config = json.loads(json.dumps(model.config))
+    assert config == {"backbone": "nafnet", "size": "tiny", "sipl": True, "width": 8, "dict_sizes": [4, 4, 4]}
+    rebuilt = build_model(**config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert rebuilt.fusion[0].dictionary.shape == (1, 16, 4, 4)
+
+
+def test_unknown_names_are_reported():
+    with pytest.raises(ValueError, match="allowed"):
+        build_model("nafnet", "tiny", widht=8)
+    with pytest.raises(ValueError, match="available"):
+        build_model("unet", "tiny")
+    with pytest.raises(ValueError, match="available"):
+        build_model("nafnet", "huge")
+
+
+def test_training_step_terms_and_official_semantics():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=0.5)
+    assert set(out) == {"loss", "main", "preliminary"}
+    assert torch.allclose(out["loss"], out["main"] + 0.5 * out["preliminary"])
+    with torch.no_grad():
+        privileged = model.encode_privileged(model(gt).clamp(0, 1))
+        expected_main = l1(model(lq, privileged=privileged), gt)
+        expected_prelim = l1(model(lq), gt)
+    assert torch.allclose(out["main"], expected_main, atol=1e-6)
+    assert torch.allclose(out["preliminary"], expected_prelim, atol=1e-6)
+    official = model.training_step(lq, gt, l1, preliminary_weight=0.0)
+    assert set(official) == {"loss", "main"} and torch.equal(official["loss"], official["main"])
+
+
+def test_plain_training_step():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=False)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=0.5)
+    assert set(out) == {"loss", "main"}
+    assert torch.allclose(out["loss"], l1(model(lq), gt))
+
+
+@pytest.mark.parametrize("random_proxy", [False, True])
+def test_gradients_reach_every_dictionary_and_fusion_parameter(random_proxy):
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    # Non-trivial backbone (NAFNet's β/γ start at 0, which would make the blocks identities).
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.fill_(0.1)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=0.5, random_proxy=random_proxy,
+                              generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    fusion = dict(model.fusion.named_parameters())
+    assert len(fusion) > 0
+    missing = [n for n, p in fusion.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient for fusion parameters {missing}"
+    assert all(model.fusion[i].dictionary.grad.abs().sum() > 0 for i in range(3))
+
+
+def test_zero_dictionary_is_official_option():
+    model = build_model("nafnet", "tiny", sipl=True, dict_init="zeros")
+    assert all(torch.count_nonzero(f.dictionary) == 0 for f in model.fusion)
+    with pytest.raises(ValueError, match="dict_init"):
+        build_model("nafnet", "tiny", sipl=True, dict_init="ones")
+
+
+def test_deterministic_under_fixed_seed():
+    x = torch.rand(1, 3, 29, 31, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = build_model("promptir", "tiny", sipl=True).eval()
+        with torch.no_grad():
+            outs.append(model(x, privileged=x))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_paper_parameter_counts():
+    plain = n_params(build_model("promptir", "paper", sipl=False))
+    assert plain == PROMPTIR_PAPER_PLAIN
+    assert abs((plain + PROMPTIR_UNUSED) / 1e6 - 35.59) < 0.005  # the published count includes the unused layers
+    sipl = build_model("promptir", "paper", sipl=True)
+    assert n_params(sipl) == PROMPTIR_PAPER_SIPL
+    assert abs(n_params(sipl) / 40.03e6 - 1) < 0.005
+    assert dictionary_parameters((96, 192, 384), (64, 32, 16)) == 688_128
+    assert sum(p.numel() for p in sipl.fusion.parameters()) == 4_651_595
+    assert abs(n_params(build_model("restormer", "paper", sipl=False)) / 26.13e6 - 1) < 0.005
