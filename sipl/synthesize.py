@@ -126,12 +126,6 @@ def _publish(staging: str, root: str) -> None:
 
 def synthesize(params: Params, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the stage; returns the manifest written to ``{shards.root}/manifest.json``."""
-    import degradations
-
-    unknown = {step["name"] for task in params.tasks.values() for step in task.steps} - set(degradations.REGISTRY)
-    if unknown:
-        raise SiplError(f"params.yaml tasks: unknown degradation(s) {sorted(unknown)}; "
-                        f"known: {sorted(degradations.REGISTRY)}")
     started = time.perf_counter()
     images, skipped = load_sources(params.sources)
     for image in images:

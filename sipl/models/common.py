@@ -34,10 +34,13 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        if dtype != torch.float32 and dtype != torch.float64:
+            x = x.float()  # statistics in float32 under bf16/fp16 autocast
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        return (x * self.weight[:, None, None] + self.bias[:, None, None]).to(dtype)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
