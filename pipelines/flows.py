@@ -10,8 +10,7 @@ metrics per task, a markdown artifact linking the report, and ``dvc push`` when 
 Served as the deployment ``sipl/full-pipeline`` by ``sipl serve`` (pipelines/serve.py).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the parameter schema from the real annotations.
 from sipl import env as _env  # noqa: F401  (analytics off before Prefect is imported)
 
 import json
@@ -120,8 +119,14 @@ def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 @task(name="dvc-push", cache_policy=NO_CACHE)
 def push(root: str, remote: str) -> None:
-    """``dvc push`` to the configured default remote."""
-    _run_dvc(Path(root), "push", "--remote", remote)
+    """``dvc push`` to the configured default remote; on failure the message adds ``sipl doctor``'s diagnosis."""
+    try:
+        _run_dvc(Path(root), "push", "--remote", remote)
+    except StageFailed as error:
+        from pipelines.doctor import check_remote
+
+        hints = [c.message for c in check_remote(Path(root), timeout_s=30.0) if c.status != "ok"]
+        raise StageFailed("\n".join([str(error), *hints])) from None
 
 
 def _experiment_name() -> str:

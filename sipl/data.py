@@ -233,6 +233,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         epoch = 0
         while True:
             mine, stride = slot_shards(urls, slot, slots, epoch, cfg.seed + 7919 * task_index)
+            if epoch == 0:  # which shards each reading slot takes (checked by the multi-node test)
+                print(f"[sipl data] rank {cfg.rank} slot {slot}/{slots} task {task} reads {len(mine)} shard(s) "
+                      f"(every {stride}. sample): {' '.join(mine)}", flush=True)
             raw = wds.tarfile_to_samples(handler=self._handler(task))(iter([{"url": u} for u in mine]))
             if stride > 1:
                 raw = (s for i, s in enumerate(raw) if i % stride == slot)

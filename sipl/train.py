@@ -289,7 +289,15 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
 
     state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0, "train_s": 0.0,
                              "wall_s": 0.0, "val": {}, "resumed_from": []}
-    info = session.restore(lambda d: load_training_state(d, model=model, optimizer=optimizer, ema=ema))
+    def load(directory: str) -> dict:
+        try:
+            return load_training_state(directory, model=model, optimizer=optimizer, ema=ema)
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise SiplError(f"cannot resume from checkpoint {directory}: it does not fit the current model/optimiser "
+                            f"({str(error).splitlines()[0]}); change ray.run_name or remove that run's folder under "
+                            "ray.storage_path to start over") from None
+
+    info = session.restore(load)
     if info is not None:
         if info.get("fingerprint") != spec["fingerprint"]:
             raise SiplError(f"the checkpoint to resume from belongs to another configuration (fingerprint "
@@ -482,6 +490,8 @@ def _ray_entry(spec: dict[str, Any]) -> None:
     import ray.train.torch
 
     context = ray.train.get_context()
+    _say(f"rank {context.get_world_rank()}/{context.get_world_size()} on node "
+         f"{ray.get_runtime_context().get_node_id()}")
     train_worker(spec, context.get_world_rank(), context.get_world_size(), RaySession(),
                  device=ray.train.torch.get_device())
 
@@ -592,7 +602,13 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: Path, params) -> dict[str
     weights, info = export_weights(checkpoint_dir)
     summary = info.get("summary") or summary_of(info, 0, 0.0, float(info.get("wall_s", 0.0)), time.perf_counter())
     model = build_model(**info["model_config"])
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise SiplError(f"checkpoint {checkpoint_dir} does not fit the model that the current code builds from "
+                        f"{info['model_config']} ({str(error).splitlines()[1].strip() if chr(10) in str(error) else error}); "
+                        "the model code changed since training: retrain (change ray.run_name or remove the run "
+                        "folder under ray.storage_path)") from None
     save_model(model, out_dir / "models", {
         "profile": info.get("profile", params.profile), "fingerprint": info.get("fingerprint"),
         "weights": "ema" if info.get("has_ema") else "model",

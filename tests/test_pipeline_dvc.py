@@ -115,7 +115,7 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_repro_end_to_end_then_nothing_to_do(pipeline_repo):
+def test_repro_end_to_end_then_nothing_to_do(pipeline_repo, tmp_path):
     repo, env = pipeline_repo["repo"], pipeline_repo["env"]
     assert _stages_run(pipeline_repo["log"]) == STAGES
     for path in ["data/shards/manifest.json", "models/model.safetensors", "models/model.json",
@@ -135,8 +135,11 @@ def test_repro_end_to_end_then_nothing_to_do(pipeline_repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     files = next(iter(shown.values()))["data"]
     assert "metrics/eval.json" in files and "metrics/train.json" in files
-    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo, env).stdout)
-    assert any("psnr_vs_steps" in key for key in plots) and any("samples" in key for key in plots)
+    shown_plots = run(["dvc", "plots", "show", "--json", "-o", str(tmp_path / "dvc_plots")], repo, env).stdout
+    plots = json.loads(shown_plots)["data"]
+    steps_plot = plots["plots/psnr_vs_steps.csv"][0]["content"]
+    assert steps_plot["encoding"]["x"]["field"] == "step" and "psnr" in json.dumps(steps_plot["layer"])
+    assert "plots/train.csv" in plots and any(key.startswith("plots/samples/") for key in plots)
     print(f"\n[timing] dvc repro (shrunken tiny): {pipeline_repo['repro_s']:.1f}s, no-op repro: {noop_s:.1f}s")
 
 

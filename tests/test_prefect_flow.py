@@ -33,6 +33,17 @@ def test_flow_parameters_map_to_dvc_set_param_overrides():
         dvc_runner.overrides_for(overrides=["refine_steps"])
 
 
+def test_flow_parameters_validate_like_the_cli_sends_them():
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines.flows import sipl_flow
+
+    assert sipl_flow.validate_parameters({"refine_steps": 3})["refine_steps"] == 3
+    assert sipl_flow.validate_parameters({"refine_steps": "auto", "profile": "small"})["profile"] == "small"
+    with pytest.raises(ParameterTypeError):
+        sipl_flow.validate_parameters({"refine_steps": "many"})
+
+
 def test_overrides_edit_params_like_exp_run_and_bad_ones_leave_the_file_intact(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     original = (tmp_path / "params.yaml").read_text()

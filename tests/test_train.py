@@ -143,7 +143,7 @@ def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def exploding(pred, target):
-        calls["n"] += 1
+        calls["n"] += pred.shape[0] > 1  # the single-sample probe for unused parameters does not count
         value = (pred - target).abs().mean()
         return value * float("nan") if calls["n"] > 4 else value
 

@@ -117,3 +117,34 @@ def test_restart_resumes_from_saved_step_on_s3(ray_local, tmp_path):
     assert (tmp_path / "models" / "model.safetensors").is_file()
     stored = s3fs.S3FileSystem().find("runs/sipl")
     assert any(path.endswith("state.safetensors") for path in stored)
+
+
+def test_corrupt_sample_fails_with_clear_error(ray_local, tmp_path):
+    """A sample that passes the up-front checks but cannot be decoded stops the run (corrupt_samples: fail) with
+    an error naming the task and the sample."""
+    import hashlib
+    import io
+    import tarfile
+
+    from sipl.errors import SiplError
+    from sipl.train import fit
+
+    shard_root = make_shards(tmp_path / "shards")
+    manifest_path = shard_root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["splits"]["train"]["denoise"]["shards"]:
+        path = shard_root / "train" / entry["name"]
+        buffer = io.BytesIO()
+        with tarfile.open(path) as source, tarfile.open(fileobj=buffer, mode="w") as target:
+            for info in source:
+                data = b"garbage" if info.name.endswith(".gt.npy") else source.extractfile(info).read()
+                info.size = len(data)
+                target.addfile(info, io.BytesIO(data))
+        path.write_bytes(buffer.getvalue())
+        entry["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    params = _params(shard_root, steps=4, corrupt_samples="fail", task_weights={"denoise": 1.0, "lowlight": 0.0})
+    raw = params.model_dump(mode="json")
+    raw["ray"]["max_failures"] = 0
+    with pytest.raises(SiplError, match=r"task 'denoise': corrupt shard data .*denoise__train"):
+        fit(parse_params(raw, source="test"), project_dir=tmp_path)

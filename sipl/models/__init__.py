@@ -7,6 +7,6 @@ for a reproducible initialisation.
 
 from sipl.models.common import EncoderState
 from sipl.models.registry import BACKBONES, SIZES, build_model
-from sipl.models.sipl import SIPL_PRESETS, SIPLModel
+from sipl.models.sipl import SIPLModel
 
-__all__ = ["BACKBONES", "SIZES", "SIPL_PRESETS", "EncoderState", "SIPLModel", "build_model"]
+__all__ = ["BACKBONES", "SIZES", "EncoderState", "SIPLModel", "build_model"]

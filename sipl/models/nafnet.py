@@ -14,11 +14,19 @@ import torch
 from torch import Tensor, nn
 
 from sipl.models.common import Backbone, Hook, LayerNorm2d, apply_hook
+from sipl.models.sipl import OFFICIAL_HEADS
 
 PRESETS = {
     "tiny": {"width": 16, "enc_blocks": (1, 1, 2), "middle_blocks": 2, "dec_blocks": (1, 1, 1)},
     "small": {"width": 32, "enc_blocks": (1, 2, 2), "middle_blocks": 4, "dec_blocks": (1, 1, 1)},
     "paper": {"width": 32, "enc_blocks": (2, 2, 4), "middle_blocks": 12, "dec_blocks": (2, 2, 2)},
+}
+# Smaller dictionaries than PromptIR's 64²/32²/16²: per pixel this CNN is ~15× cheaper than PromptIR, and attention
+# to 4096 atoms at H/2 would cost more than the whole backbone (docs/model.md).
+SIPL_PRESETS = {
+    "tiny": {"dict_sizes": (8, 8, 8), "fusion_ffn": 1.0, "dict_init": "normal", **OFFICIAL_HEADS},
+    "small": {"dict_sizes": (16, 8, 8), "fusion_ffn": 2.0, "dict_init": "normal", **OFFICIAL_HEADS},
+    "paper": {"dict_sizes": (16, 16, 8), "fusion_ffn": 2.0, "dict_init": "normal", **OFFICIAL_HEADS},
 }
 
 

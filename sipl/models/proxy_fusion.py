@@ -109,6 +109,8 @@ class ProxyFusion(nn.Module):
         """N×C×S×S ensemble tokens. ``privileged``: N×C×h×w or None (-> the raw dictionary). ``mix``: optional
         per-sample weights N (in [0,1]) blending ensemble and raw dictionary (``w·ensemble + (1-w)·dictionary``)."""
         raw = self.dictionary.expand(batch, -1, -1, -1)
+        if not torch.is_grad_enabled():
+            raw = raw.detach()  # a view made under no_grad still claims requires_grad; module hooks trip on it
         if privileged is None:
             return raw
         out = self.absorb(raw, privileged)

@@ -6,13 +6,13 @@ import inspect
 from typing import Any
 
 from sipl.models import nafnet, promptir, restormer
-from sipl.models.sipl import SIPL_PRESETS, SIPLModel
+from sipl.models.sipl import SIPLModel
 
-# name -> (constructor, {size: constructor arguments})
+# name -> (constructor, {size: constructor arguments}, {size: SIPL arguments})
 BACKBONES = {
-    "nafnet": (nafnet.NAFNet, nafnet.PRESETS),
-    "promptir": (promptir.PromptIR, promptir.PRESETS),
-    "restormer": (restormer.Restormer, restormer.PRESETS),
+    "nafnet": (nafnet.NAFNet, nafnet.PRESETS, nafnet.SIPL_PRESETS),
+    "promptir": (promptir.PromptIR, promptir.PRESETS, promptir.SIPL_PRESETS),
+    "restormer": (restormer.Restormer, restormer.PRESETS, restormer.SIPL_PRESETS),
 }
 SIZES = ("tiny", "small", "paper")
 
@@ -34,14 +34,14 @@ def build_model(backbone: str = "nafnet", size: str = "tiny", sipl: bool = True,
         raise ValueError(f"unknown backbone {backbone!r}; available: {sorted(BACKBONES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; available: {list(SIZES)}")
-    constructor, presets = BACKBONES[backbone]
+    constructor, presets, sipl_presets = BACKBONES[backbone]
     backbone_keys = set(inspect.signature(constructor).parameters)
-    sipl_keys = set(SIPL_PRESETS[size])
+    sipl_keys = set(sipl_presets[size])
     unknown = sorted(set(overrides) - backbone_keys - sipl_keys)
     if unknown:
         raise ValueError(f"unknown model override(s) {unknown} for backbone {backbone!r}; allowed: "
                          f"{sorted(backbone_keys)} (backbone) and {sorted(sipl_keys)} (SIPL)")
     backbone_args = {**presets[size], **{k: v for k, v in overrides.items() if k in backbone_keys}}
-    sipl_args = {**SIPL_PRESETS[size], **{k: v for k, v in overrides.items() if k in sipl_keys}}
+    sipl_args = {**sipl_presets[size], **{k: v for k, v in overrides.items() if k in sipl_keys}}
     config = {"backbone": backbone, "size": size, "sipl": bool(sipl), **_plain(overrides)}
     return SIPLModel(constructor(**backbone_args), sipl=sipl, config=config, **sipl_args)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sipl.models.common import Backbone, Hook, LayerNorm2d, apply_hook
+from sipl.models.sipl import OFFICIAL_HEADS
 
 PRESETS = {
     "tiny": {"dim": 16, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "heads": (1, 1, 2, 2),
@@ -22,6 +23,12 @@ PRESETS = {
               "ffn_expansion_factor": 2.66},
     "paper": {"dim": 48, "num_blocks": (4, 6, 6, 8), "num_refinement_blocks": 4, "heads": (1, 2, 4, 8),
               "ffn_expansion_factor": 2.66},
+}
+# paper: the official dictionaries (64², 32², 16² atoms at decoder level 2, decoder level 3, latent).
+SIPL_PRESETS = {
+    "tiny": {"dict_sizes": (8, 8, 8), "fusion_ffn": 2.0, "dict_init": "normal", **OFFICIAL_HEADS},
+    "small": {"dict_sizes": (32, 16, 8), "fusion_ffn": 2.0, "dict_init": "normal", **OFFICIAL_HEADS},
+    "paper": {"dict_sizes": (64, 32, 16), "fusion_ffn": 2.0, "dict_init": "normal", **OFFICIAL_HEADS},
 }
 
 

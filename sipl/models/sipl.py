@@ -17,16 +17,10 @@ from torch import Tensor, nn
 from sipl.models.common import Backbone, EncoderState
 from sipl.models.proxy_fusion import ProxyFusion
 
-# Per fusion level (0: decoder level 2, 1: decoder level 3, 2: latent), as in the official code:
+# SIPL arguments per backbone and size live next to each backbone's PRESETS (SIPL_PRESETS); the heads per fusion
+# level (0: decoder level 2, 1: decoder level 3, 2: latent) are the official ones there:
 # p1_cross 1 / cross_p1 1, p2_cross 2 / cross_p2 2, p3_cross 1 / cross_p3 4.
-SIPL_PRESETS = {
-    "tiny": {"dict_sizes": (8, 8, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 1.0,
-             "dict_init": "normal"},
-    "small": {"dict_sizes": (32, 16, 8), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
-              "dict_init": "normal"},
-    "paper": {"dict_sizes": (64, 32, 16), "absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4), "fusion_ffn": 2.0,
-              "dict_init": "normal"},
-}
+OFFICIAL_HEADS = {"absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4)}
 
 PixelLoss = Callable[[Tensor, Tensor], Tensor]
 Privileged = Tensor | Sequence[Tensor] | None

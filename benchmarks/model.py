@@ -1,0 +1,143 @@
+"""Cost of SIPL per backbone and size on CPU: parameters, MACs and wall time, as ratios to the plain forward pass.
+
+    python benchmarks/model.py                       # every backbone, tiny and paper, 256×256, 2 threads
+    python benchmarks/model.py --sizes tiny --quick  # a couple of minutes on 2 cores
+    python benchmarks/model.py --json out.json       # also write the table
+
+Measured per backbone/size (batch 1, fixed threads, median of ``--repeats`` runs after one warm-up):
+plain forward; one SIPL pass (dictionary-only, i.e. refinement step 0); refinement steps 0..3 under each scheme;
+a training step (forward + backward) of the plain model, of SIPL with the official recipe (preliminary_weight=0) and
+with our preliminary loss (0.5). MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (convs and matmuls).
+Goals: anchored 0..3 <= 4.5 plain forwards, official <= 7.5; SIPL training step <= 1.3× plain (<= 1.8× with the
+preliminary loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sipl.models import BACKBONES, build_model
+from sipl.refine import refine
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().mean()
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def macs(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def measure(backbone: str, size: str, px: int, repeats: int, steps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    plain, sipl = build_model(backbone, size, sipl=False), build_model(backbone, size, sipl=True)
+    x = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(0))
+    gt = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(1))
+
+    def infer(model):
+        model.eval()
+        return lambda: [model(x) for _ in range(1)] and None
+
+    def chain(scheme):
+        return lambda: list(refine(sipl, x, steps, scheme=scheme))
+
+    def train(model, weight):
+        model.train()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model.training_step(x, gt, l1, preliminary_weight=weight)["loss"].backward()
+        return step
+
+    def nograd(fn):
+        def run():
+            with torch.inference_mode():
+                fn()
+        return run
+
+    cases = {
+        "plain_forward": nograd(infer(plain)),
+        "sipl_pass": nograd(infer(sipl)),
+        "anchored_0..%d" % steps: chain("anchored"),
+        "official_0..%d" % steps: chain("official"),
+        "train_plain": train(plain, 0.0),
+        "train_sipl_w0": train(sipl, 0.0),
+        "train_sipl_w0.5": train(sipl, 0.5),
+    }
+    row: dict[str, float] = {
+        "params_plain_M": sum(p.numel() for p in plain.parameters()) / 1e6,
+        "params_sipl_M": sum(p.numel() for p in sipl.parameters()) / 1e6,
+    }
+    for name, fn in cases.items():
+        row[f"{name}_GMAC"] = macs(fn) / 1e9
+        row[f"{name}_s"] = median_time(fn, repeats)
+    base_s, base_mac = row["plain_forward_s"], row["plain_forward_GMAC"]
+    for name in cases:
+        row[f"{name}_x"] = row[f"{name}_s"] / base_s
+        row[f"{name}_mac_x"] = row[f"{name}_GMAC"] / base_mac
+    row["train_sipl_w0_vs_train_plain"] = row["train_sipl_w0_s"] / row["train_plain_s"]
+    row["train_sipl_w0.5_vs_train_plain"] = row["train_sipl_w0.5_s"] / row["train_plain_s"]
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated (default: all)")
+    parser.add_argument("--sizes", default="tiny,paper", help="comma-separated tiny,small,paper")
+    parser.add_argument("--px", type=int, default=256, help="square input side (default 256)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="refinement steps 0..K (default 3)")
+    parser.add_argument("--quick", action="store_true", help="2 repeats")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+    results = {}
+    print(f"# torch {torch.__version__}, {args.threads} threads, {args.px}x{args.px}, batch 1, median of {repeats}")
+    header = (f"{'model':<18}{'params M (plain/sipl)':>22}{'plain GMAC':>11}{'plain s':>9}{'sipl pass':>10}"
+              f"{'anch 0..K':>10}{'offi 0..K':>10}{'train sipl/plain':>17}{'w/ prelim':>10}")
+    print(header)
+    for size in args.sizes.split(","):
+        for backbone in args.backbones.split(","):
+            row = measure(backbone, size, args.px, repeats, args.steps)
+            results[f"{backbone}/{size}"] = row
+            k = args.steps
+            print(f"{backbone + '/' + size:<18}{row['params_plain_M']:>10.3f} / {row['params_sipl_M']:<9.3f}"
+                  f"{row['plain_forward_GMAC']:>11.2f}{row['plain_forward_s']:>9.3f}"
+                  f"{row['sipl_pass_x']:>9.2f}x{row[f'anchored_0..{k}_x']:>9.2f}x{row[f'official_0..{k}_x']:>9.2f}x"
+                  f"{row['train_sipl_w0_vs_train_plain']:>16.2f}x{row['train_sipl_w0.5_vs_train_plain']:>9.2f}x")
+            print(f"{'  (MAC ratios)':<51}{row['sipl_pass_mac_x']:>9.2f}x{row[f'anchored_0..{k}_mac_x']:>9.2f}x"
+                  f"{row[f'official_0..{k}_mac_x']:>9.2f}x"
+                  f"{row['train_sipl_w0_GMAC'] / row['train_plain_GMAC']:>16.2f}x"
+                  f"{row['train_sipl_w0.5_GMAC'] / row['train_plain_GMAC']:>9.2f}x", flush=True)
+    if args.json:
+        with open(args.json + ".tmp", "w") as handle:
+            json.dump(results, handle, indent=2)
+        import os
+
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
