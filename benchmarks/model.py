@@ -1,10 +1,11 @@
 """Cost of SIPL per backbone and size on CPU: parameters, MACs and wall time, as ratios to the plain forward pass.
 
-    python benchmarks/model.py                       # every backbone, tiny and paper, 256×256, 2 threads
+    python benchmarks/model.py                       # every backbone, tiny and paper, 256×256, 1 thread
     python benchmarks/model.py --sizes tiny --quick  # a couple of minutes on 2 cores
     python benchmarks/model.py --json out.json       # also write the table
 
-Measured per backbone/size (batch 1, fixed threads, median of ``--repeats`` runs after one warm-up):
+Measured per backbone/size (batch 1, fixed threads, median of ``--repeats`` runs after one warm-up; the cases are
+timed round-robin so that load from other processes spreads over all of them):
 plain forward; one SIPL pass (dictionary-only, i.e. refinement step 0); refinement steps 0..3 under each scheme;
 a training step (forward + backward) of the plain model, of SIPL with the official recipe (preliminary_weight=0) and
 with our preliminary loss (0.5). MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (convs and matmuls).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -29,16 +31,6 @@ from sipl.refine import refine
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().mean()
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def macs(fn: Callable[[], object]) -> float:
@@ -55,7 +47,7 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int) -> dict
 
     def infer(model):
         model.eval()
-        return lambda: [model(x) for _ in range(1)] and None
+        return lambda: model(x)
 
     def chain(scheme):
         return lambda: list(refine(sipl, x, steps, scheme=scheme))
@@ -89,7 +81,17 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int) -> dict
     }
     for name, fn in cases.items():
         row[f"{name}_GMAC"] = macs(fn) / 1e9
-        row[f"{name}_s"] = median_time(fn, repeats)
+        fn()  # warm-up
+    # Round-robin over the cases so that load from other processes spreads evenly over them.
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        row[f"{name}_s"] = statistics.median(values)
+        row[f"{name}_min_s"] = min(values)
     base_s, base_mac = row["plain_forward_s"], row["plain_forward_GMAC"]
     for name in cases:
         row[f"{name}_x"] = row[f"{name}_s"] / base_s
@@ -104,14 +106,14 @@ def main() -> int:
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated (default: all)")
     parser.add_argument("--sizes", default="tiny,paper", help="comma-separated tiny,small,paper")
     parser.add_argument("--px", type=int, default=256, help="square input side (default 256)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="refinement steps 0..K (default 3)")
-    parser.add_argument("--quick", action="store_true", help="2 repeats")
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 2 if args.quick else args.repeats
+    repeats = 3 if args.quick else args.repeats
     results = {}
     print(f"# torch {torch.__version__}, {args.threads} threads, {args.px}x{args.px}, batch 1, median of {repeats}")
     header = (f"{'model':<18}{'params M (plain/sipl)':>22}{'plain GMAC':>11}{'plain s':>9}{'sipl pass':>10}"
@@ -133,8 +135,6 @@ def main() -> int:
     if args.json:
         with open(args.json + ".tmp", "w") as handle:
             json.dump(results, handle, indent=2)
-        import os
-
         os.replace(args.json + ".tmp", args.json)
     return 0
 

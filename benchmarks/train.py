@@ -82,16 +82,20 @@ def ray_throughput(params_path: Path, workers: list[int], steps: int) -> dict[in
 
     base = load_params(params_path)
     shard_root = base.shards.root
+    projects: list[Path] = []
     if not Path(ROOT, shard_root, "manifest.json").is_file() and not shard_root.startswith("s3://"):
         from tests.test_data import make_shards
 
-        shard_root = str(make_shards(Path(tempfile.mkdtemp(prefix="sipl-bench-")) / "shards", size=96,
+        projects.append(Path(tempfile.mkdtemp(prefix="sipl-bench-")))
+        shard_root = str(make_shards(projects[-1] / "shards", size=96,
                                      samples={"denoise": 64, "lowlight": 64}))
         tasks = {"denoise": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
                  "lowlight": {"family": "lowlight", "steps": [{"name": "low_light"}]}}
     else:
         shard_root = str(Path(ROOT, shard_root)) if not shard_root.startswith("s3://") else shard_root
         tasks = None
+    import shutil
+
     temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
     ray.init(num_cpus=max(workers), include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     out = {}
@@ -106,10 +110,13 @@ def ray_throughput(params_path: Path, workers: list[int], steps: int) -> dict[in
             raw["ray"].update({"num_workers": count, "cpus_per_worker": 1, "threads_per_worker": 1,
                                "run_name": f"bench-{count}w-{time.time_ns()}"})
             project = Path(tempfile.mkdtemp(prefix="sipl-bench-run-"))
+            projects.append(project)
             summary = fit(parse_params(raw, source="benchmark"), project_dir=project)
             out[count] = summary["samples_per_s"]
     finally:
         ray.shutdown()
+        for folder in [*projects, Path(temp_dir)]:
+            shutil.rmtree(folder, ignore_errors=True)
     return out
 
 

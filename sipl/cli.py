@@ -38,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    # Let the chosen module add its own arguments before the full parse.
-    known, _ = parser.parse_known_args(argv)
-    module = importlib.import_module(known._module)
-    sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
-    module.configure(sub_parser)
+    # The chosen subcommand's module adds its own arguments before the full parse (so `sipl X --help` lists them).
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in SUBCOMMANDS:
+        sub_parser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+        importlib.import_module(SUBCOMMANDS[command][0]).configure(sub_parser)
     args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
 
     from sipl.config import ConfigError
     from sipl.errors import SiplError

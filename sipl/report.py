@@ -111,7 +111,8 @@ def plot_train_curve(path_csv: Path, path_png: Path) -> bool:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for name, values in panel.items():
-            xs = columns[x_name][: len(values)] if x_name and len(columns[x_name]) >= len(values) else range(len(values))
+            have_x = x_name is not None and len(columns[x_name]) >= len(values)
+            xs = columns[x_name][: len(values)] if have_x else range(len(values))
             ax.plot(list(xs), values, label=name, linewidth=1.2)
         if panel is not others and all(v > 0 for vals in panel.values() for v in vals):
             ax.set_yscale("log")
@@ -200,13 +201,15 @@ def build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
     else:
         parts.append("<p class='note'>plots/train.csv not found or empty.</p>")
 
-    parts.append("<h2>Metric convention</h2>" + _table(["", ""], [[html.escape(k), html.escape(str(v))]
-                                                                    for k, v in eval_json.get("convention", {}).items()]))
+    convention = eval_json.get("convention", {})
+    parts.append("<h2>Metric convention</h2>"
+                 + _table(["", ""], [[html.escape(k), html.escape(str(v))] for k, v in convention.items()]))
     if eval_json.get("versions"):
         parts.append("<p class='note'>" + ", ".join(f"{html.escape(k)} {html.escape(str(v))}"
                                                     for k, v in eval_json["versions"].items()) + "</p>")
     parts.append("<h2>Parameters</h2>")
-    parts.append(f"<pre>{html.escape(params_text)}</pre>" if params_text else "<p class='note'>params.yaml not found.</p>")
+    parts.append(f"<pre>{html.escape(params_text)}</pre>" if params_text
+                 else "<p class='note'>params.yaml not found.</p>")
 
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>SIPL report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")

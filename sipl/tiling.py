@@ -1,12 +1,12 @@
 """Tiled inference with blended seams for images too large for one pass.
 
-Tiles of side ``tile`` overlap by at least ``overlap`` pixels; their starts are multiples of ``align`` (the model's
-downsampling factor, so every tile sees the same pixel grid as the whole image) and the last tile of a row/column
-extends to the image edge. Each tile's output is weighted by a separable window that is 0 on the outer quarter of the
-overlap at interior tile edges (where missing context corrupts a tile's output most), ramps linearly over the middle
-half and is 1 elsewhere (and at image borders). So for a model whose receptive-field radius is at most
-``overlap // 4`` pixels, the blended result equals the untiled one; models with global operations (channel-attention
-pooling, attention over the whole image) only approximate it.
+Tiles of side ``tile`` (rounded down to a multiple of ``align``, the model's downsampling factor) overlap by at least
+``overlap`` pixels; their starts are multiples of ``align`` (so every tile sees the same pixel grid as the whole
+image) and the last tile of a row/column extends to the image edge. Each tile's output is weighted by a separable
+window that is 0 on the outer quarter of the overlap at interior tile edges (where missing context corrupts a tile's
+output most), ramps linearly over the middle half and is 1 elsewhere (and at image borders). So for a model whose
+receptive-field radius is at most ``overlap // 4`` pixels, the blended result equals the untiled one; models with
+global operations (channel-attention pooling, attention over the whole image) only approximate it.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def tiled_map(fn: Callable[[Tensor], list[Tensor]], x: Tensor, tile: int, overla
               align: int = 1) -> list[Tensor]:
     """Apply ``fn`` (N×C×h×w -> list of N×C'×h×w) tile by tile to N×C×H×W ``x`` and blend each output.
 
-    Returns the list of blended N×C'×H×W outputs (same length and order as ``fn``'s)."""
+    ``tile`` is rounded down to a multiple of ``align``. Returns the list of blended N×C'×H×W outputs (same length
+    and order as ``fn``'s)."""
+    tile = tile // align * align
     if tile < 1 or overlap < 0 or overlap >= tile:
-        raise SiplError(f"tiling needs tile > overlap >= 0 (got tile={tile}, overlap={overlap})")
-    if tile % align:
-        raise SiplError(f"tile {tile} must be a multiple of the model's downsampling factor {align}")
+        raise SiplError(f"tiling needs tile > overlap >= 0 with tile a multiple of {align} "
+                        f"(got tile={tile}, overlap={overlap}); use a larger tile or a smaller overlap")
     height, width = x.shape[-2:]
     rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
     sums: list[Tensor] | None = None

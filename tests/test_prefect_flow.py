@@ -18,9 +18,11 @@ from sipl.config import ConfigError, load_params
 from sipl.errors import SiplError
 from tests.conftest import REPO_ROOT
 from tests.pipeline_fixtures import cli_env, copy_repo, pipeline_repo, run  # noqa: F401  (fixture)
-from tests.services import free_port, stop_process_group, venv_tool, wait_http
+from tests.services import create_bucket, free_port, stop_process_group, venv_tool, wait_http
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+BUCKET = "sipl-prefect"
+SECRET = "prefect-test-secret-value-7"
 
 
 # ---------------------------------------------------------------------------------------------- pieces (fast)
@@ -124,6 +126,17 @@ def _trigger(repo: Path, env: dict, *params: str) -> str:
     return match.group(1)
 
 
+def _flow_run_logs(api: str, run_id: str) -> str:
+    messages, offset = [], 0
+    while True:
+        page = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
+                                          "limit": 200, "offset": offset})
+        messages += [entry["message"] for entry in page]
+        if len(page) < 200:
+            return "\n".join(messages)
+        offset += len(page)
+
+
 def _wait_terminal(api: str, run_id: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -135,13 +148,17 @@ def _wait_terminal(api: str, run_id: str, timeout_s: float) -> dict:
 
 
 @pytest.fixture
-def prefect_services(pipeline_repo, tmp_path):
-    """A reproduced project copy, a real Prefect server on 127.0.0.1 and `sipl serve` in the copy."""
+def prefect_services(pipeline_repo, s3_endpoint, tmp_path):
+    """A reproduced project copy with a DVC remote on S3 (moto), a real Prefect server on 127.0.0.1 and
+    `sipl serve` in the copy."""
     repo = copy_repo(pipeline_repo["repo"], tmp_path / "repo")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = cli_env(tmp_path, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
-                  PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_SERVER_UI_ENABLED="false")
+                  PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_SERVER_UI_ENABLED="false",
+                  AWS_SECRET_ACCESS_KEY=SECRET)
+    create_bucket(s3_endpoint, BUCKET)
+    run(["dvc", "remote", "add", "-d", "storage", f"s3://{BUCKET}/store"], repo, env)
     logs = tmp_path / "logs"
     logs.mkdir()
     tic = time.perf_counter()
@@ -172,7 +189,7 @@ def prefect_services(pipeline_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_deployment_run_records_experiment_artifacts_and_fails_clearly(prefect_services):
+def test_deployment_run_records_experiment_pushes_publishes_and_fails_clearly(prefect_services):
     repo, env, api = prefect_services["repo"], prefect_services["env"], prefect_services["api"]
     tic = time.perf_counter()
     run_id = _trigger(repo, env, "refine_steps=0")
@@ -180,10 +197,11 @@ def test_deployment_run_records_experiment_artifacts_and_fails_clearly(prefect_s
     run_s = time.perf_counter() - tic
     assert flow_run["state_type"] == "COMPLETED", (prefect_services["logs"] / "serve.log").read_text()[-4000:]
 
-    logs = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    text = "\n".join(entry["message"] for entry in logs)
+    text = _flow_run_logs(api, run_id)
     assert "Running stage 'select'" in text and "Stage 'train' didn't change, skipping" in text
-    assert "Running stage 'train'" not in text and "testing" not in text  # nothing recomputed; no credentials
+    assert "Running stage 'train'" not in text  # nothing recomputed that DVC had up to date
+    assert "$ dvc push --remote storage" in text and SECRET not in text
+    assert "in sync" in run(["dvc", "status", "--cloud"], repo, env).stdout  # the run pushed everything
 
     artifacts = _api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     by_key = {a["key"]: a for a in artifacts}
@@ -191,6 +209,7 @@ def test_deployment_run_records_experiment_artifacts_and_fails_clearly(prefect_s
     assert {row["task"] for row in table} >= {"denoise_25", "dehaze"}
     assert all(isinstance(row["psnr"], float) for row in table)
     assert "reports/index.html" in by_key["sipl-report"]["data"]
+    assert SECRET not in json.dumps(artifacts)
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     revs = {rev.get("name"): rev for commit in shown for exp in commit.get("experiments") or []

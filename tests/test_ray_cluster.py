@@ -16,7 +16,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.pipeline_fixtures import cli_env, copy_repo, pipeline_repo, run  # noqa: F401  (fixture)
+from tests.pipeline_fixtures import cli_env, make_project, run
 from tests.services import create_bucket, free_port, stop_process_group, venv_tool
 
 BUCKET = "sipl-shards"
@@ -25,8 +25,9 @@ BUCKET = "sipl-shards"
 @contextlib.contextmanager
 def ray_node(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """`ray start ... --block` in its own process group (so stopping it stops exactly this node's processes)."""
-    process = subprocess.Popen([venv_tool("ray"), "start", "--block", "--disable-usage-stats",
-                                "--include-dashboard=false", *argv], env=env, stdout=open(log, "wb"),
+    head_only = ["--include-dashboard=false"] if "--head" in argv else []
+    process = subprocess.Popen([venv_tool("ray"), "start", "--block", "--disable-usage-stats", *head_only, *argv],
+                               env=env, stdout=open(log, "wb"),
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield process
@@ -34,36 +35,26 @@ def ray_node(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
         stop_process_group(process, timeout_s=20)
 
 
-def _wait_for_nodes(address: str, env: dict[str, str], count: int, head: subprocess.Popen, log: Path) -> None:
-    script = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-              "print(sum(1 for n in ray.nodes() if n['Alive']))")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert head.poll() is None, log.read_text()[-3000:]
-        out = subprocess.run([venv_tool("python"), "-c", script, address], env=env, capture_output=True, text=True,
-                             timeout=60)
-        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
-            return
-        time.sleep(1)
-    raise AssertionError(f"cluster at {address} did not reach {count} nodes")
+def _wait_started(process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Wait until `ray start` reports the node up (Ray Train then waits for the CPUs of both nodes itself)."""
+    deadline = time.monotonic() + timeout_s
+    while "Ray runtime started" not in log.read_text(errors="replace"):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
 
 
-def _upload_shards(local_root: Path, env: dict[str, str]) -> str:
-    create_bucket(env, BUCKET)
+def _manifest(env: dict[str, str], shards_root: str) -> dict:
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    for path in local_root.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), BUCKET, f"shards/{path.relative_to(local_root)}")
-    return f"s3://{BUCKET}/shards"
+    key = shards_root.split("/", 3)[3] + "/manifest.json"
+    return json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
 @pytest.mark.slow
-def test_two_node_cluster_trains_from_s3_shards_each_worker_reading_its_part(pipeline_repo, s3_endpoint, tmp_path):
-    repo = copy_repo(pipeline_repo["repo"], tmp_path / "repo")
-    shards_root = _upload_shards(repo / "data" / "shards", s3_endpoint)
-    manifest = json.loads((repo / "data/shards/manifest.json").read_text())
+def test_two_node_cluster_trains_from_s3_shards_each_worker_reading_its_part(s3_endpoint, tmp_path):
+    repo = make_project(tmp_path / "repo")
+    shards_root = f"s3://{BUCKET}/shards"
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["shards"]["root"] = shards_root
     params["ray"].update(num_workers=2, cpus_per_worker=1, storage_path=str(tmp_path / "ray-results"))
@@ -71,6 +62,9 @@ def test_two_node_cluster_trains_from_s3_shards_each_worker_reading_its_part(pip
     (repo / "cluster.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = cli_env(tmp_path)  # carries the S3 endpoint and credentials: every node reads shards with them
+    create_bucket(s3_endpoint, BUCKET)
+    run(["sipl", "synthesize", "--params", "cluster.yaml", "--no-progress"], repo, env)
+    manifest = _manifest(s3_endpoint, shards_root)
     port = free_port()
     address = f"127.0.0.1:{port}"
     temp_head = tempfile.mkdtemp(prefix="rh", dir="/tmp")
@@ -81,10 +75,10 @@ def test_two_node_cluster_trains_from_s3_shards_each_worker_reading_its_part(pip
     with contextlib.ExitStack() as cleanup, ray_node(head_args, env, head_log) as head:
         for directory in (temp_head, temp_worker):  # Ray's short temp dirs (socket paths must stay short)
             cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
-        time.sleep(2)
+        _wait_started(head, head_log)
         with ray_node(["--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                       "--temp-dir", temp_worker], env, worker_log):
-            _wait_for_nodes(address, env, 2, head, head_log)
+                       "--temp-dir", temp_worker], env, worker_log) as worker:
+            _wait_started(worker, worker_log)
             tic = time.perf_counter()
             result = run(["sipl", "train", "--params", "cluster.yaml"], repo, dict(env, RAY_ADDRESS=address),
                          timeout=600)

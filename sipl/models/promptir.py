@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sipl.models.common import Hook, apply_hook
-from sipl.models.restormer import SIPL_PRESETS, RestormerEncoder, TransformerBlock, blocks, upsample
+from sipl.models.restormer import SIPL_PRESETS  # noqa: F401  (same fusion presets as Restormer)
+from sipl.models.restormer import RestormerEncoder, TransformerBlock, blocks, upsample
 
 PRESETS = {
     "tiny": {"dim": 16, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "heads": (1, 1, 2, 2),
