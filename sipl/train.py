@@ -287,7 +287,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                                   weight_decay=cfg.weight_decay)
     torch.manual_seed(params.seed * 1000 + rank)  # per-rank stream for stochastic layers (random proxy)
 
-    state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0, "train_s": 0.0,
+    state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0,
                              "wall_s": 0.0, "val": {}, "resumed_from": []}
     def load(directory: str) -> dict:
         try:

@@ -172,28 +172,27 @@ def test_stage_killed_midway_is_rerun_and_nothing_half_written_is_cached(pipelin
     repo = copy_repo(pipeline_repo["repo"], tmp_path / "repo")
     env = cli_env(tmp_path)
     lock_before = (repo / "dvc.lock").read_text()
-    # Invalidate evaluate (and what follows), then SIGKILL `dvc repro` and its stage while evaluate runs.
+    # Invalidate select (and report), then SIGKILL `dvc repro` and the stage's process while select runs.
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["eval"]["tile_overlap"] += 8
+    params["refine_steps"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         deadline = time.monotonic() + 120
-        while "Running stage 'evaluate'" not in log_path.read_text() and time.monotonic() < deadline:
+        while "> sipl select" not in log_path.read_text() and time.monotonic() < deadline:
             assert process.poll() is None, log_path.read_text()
-            time.sleep(0.1)
-        time.sleep(1.5)
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside `sipl select` (its start-up alone takes longer)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     assert (repo / "dvc.lock").read_text() == lock_before, "a killed run must not record anything as done"
 
     result = run(["dvc", "repro"], repo, env)
-    assert _stages_run(result.stdout) == ["evaluate", "select", "report"], result.stdout
+    assert _stages_run(result.stdout) == ["select", "report"], result.stdout
     assert "up to date" in run(["dvc", "status"], repo, env).stdout
-    steps = json.loads((repo / "metrics/eval_steps.json").read_text())
-    assert "splits" in steps
+    assert json.loads((repo / "metrics/eval.json").read_text())["selected"]["steps"] == 1
     leftovers = [p for p in repo.rglob("*") if ".dvc" not in p.parts and ".git" not in p.parts
                  and (p.name.endswith(".tmp") or p.name.startswith(".tmp"))]
     assert not leftovers, leftovers

@@ -159,7 +159,7 @@ def prefect_services(pipeline_repo, s3_endpoint, tmp_path):
                   AWS_SECRET_ACCESS_KEY=SECRET)
     create_bucket(s3_endpoint, BUCKET)
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{BUCKET}/store"], repo, env)
-    logs = tmp_path / "logs"
+    logs = tmp_path / "prefect-logs"
     logs.mkdir()
     tic = time.perf_counter()
     server = subprocess.Popen([venv_tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
