@@ -182,7 +182,7 @@ def apply_params_overrides(root: Path, overrides: list[str]) -> None:
         try:
             apply_overrides(path, overrides)
         except DvcException as error:
-            path.write_text(original)
+            _atomic_write(path, original)
             cause = f": {error.__cause__}" if error.__cause__ else ""
             raise SiplError(f"{path}: cannot apply overrides {overrides}{cause}") from None
     try:
