@@ -149,6 +149,9 @@ class TrainConfig(_Strict):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     loss: LossConfig = LossConfig()
     random_proxy: bool = False
+    self_privileged: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "fraction of batches whose privileged features come from the model's own preliminary restoration of the "
+        "input (as in test-time refinement) instead of its restoration of the ground truth (official)"))
     task_weights: dict[str, float] | None = Field(None, description="per task; null = equal weight per family")
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)

@@ -102,6 +102,34 @@ def test_training_step_terms_and_official_semantics():
     assert set(official) == {"loss", "main"} and torch.equal(official["loss"], official["main"])
 
 
+@pytest.mark.parametrize("preliminary_weight", [0.5, 0.0])
+def test_self_privileged_step_uses_the_test_time_features(preliminary_weight):
+    """With self_privileged=1 the fused pass sees features of the model's own preliminary restoration of lq, as a
+    refinement step does at test time; with 0 it sees those of its restoration of gt (official)."""
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=preliminary_weight, self_privileged=1.0)
+    with torch.no_grad():
+        preliminary = model(lq)
+        own = l1(model(lq, privileged=model.encode_privileged(preliminary.clamp(0, 1))), gt)
+        official = l1(model(lq, privileged=model.encode_privileged(model(gt).clamp(0, 1))), gt)
+    assert torch.allclose(out["main"], own, atol=1e-6) and not torch.allclose(out["main"], official, atol=1e-6)
+    if preliminary_weight:
+        assert torch.allclose(out["preliminary"], l1(preliminary, gt), atol=1e-6)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.fusion.parameters())
+
+
+def test_output_init_starts_near_the_identity():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, output_init=1e-3)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        assert (model(x) - x).abs().max() < 1e-2
+    assert model.config["output_init"] == 1e-3
+
+
 def test_plain_training_step():
     torch.manual_seed(0)
     model = build_model("nafnet", "tiny", sipl=False)

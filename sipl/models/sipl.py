@@ -91,29 +91,44 @@ class SIPLModel(nn.Module):
     # -------------------------------------------------------------------------------------------- training
 
     def training_step(self, lq: Tensor, gt: Tensor, pixel_loss: PixelLoss, preliminary_weight: float = 0.5,
-                      random_proxy: bool = False, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                      random_proxy: bool = False, generator: torch.Generator | None = None,
+                      self_privileged: float = 0.0) -> dict[str, Tensor]:
         """One SIPL training forward. lq, gt: N×3×H×W in [0,1]. Returns {"loss", "main"} plus "preliminary" when
         ``preliminary_weight > 0`` (SIPL mode only); "loss" is the total to backprop.
 
         Official recipe, without gradients: restore ``gt`` on the dictionary-only path, clip, take the encoder
         features of that restoration; then restore ``lq`` with them ("main"). Ours in addition: the dictionary-only
         restoration of ``lq`` is also trained (weight ``preliminary_weight``); it reuses lq's encoder state.
-        ``random_proxy`` mixes ensemble and raw dictionary with w ~ U(0,1) per sample (drawn from ``generator``)."""
+        ``random_proxy`` mixes ensemble and raw dictionary with w ~ U(0,1) per sample (drawn from ``generator``).
+        ``self_privileged``: the fraction of batches (drawn from ``generator``) whose privileged features come from the
+        model's own preliminary restoration of ``lq`` instead of its restoration of ``gt``. That is exactly what a
+        refinement step sees at test time, so it teaches the fused path to improve on the preliminary output rather
+        than to trust near-clean features it never gets after training; it also skips the no-grad GT restoration."""
         if not self.sipl:
             main = pixel_loss(self(lq), gt)
             return {"loss": main, "main": main}
-        with torch.no_grad():
-            restored_gt = self.decode(self.encode(gt)).clamp(0, 1)
-            privileged = self.encode_privileged(restored_gt)
+        use_own = self_privileged > 0 and float(torch.rand((), generator=generator)) < self_privileged
+        state = self.encode(lq)
+        preliminary = None
+        if use_own:
+            preliminary = self.decode(state) if preliminary_weight > 0 else None
+            with torch.no_grad():
+                source = preliminary.detach() if preliminary is not None else self.decode(state)
+                privileged = self.encode_privileged(source.clamp(0, 1))
+        else:
+            with torch.no_grad():
+                restored_gt = self.decode(self.encode(gt)).clamp(0, 1)
+                privileged = self.encode_privileged(restored_gt)
         mix = None
         if random_proxy:
             mix = torch.rand(lq.shape[0], generator=generator).to(lq.device)
-        state = self.encode(lq)
         main = pixel_loss(self.decode(state, privileged, mix), gt)
         out = {"main": main}
         loss = main
         if preliminary_weight > 0:
-            out["preliminary"] = pixel_loss(self.decode(state), gt)
+            if preliminary is None:
+                preliminary = self.decode(state)
+            out["preliminary"] = pixel_loss(preliminary, gt)
             loss = loss + preliminary_weight * out["preliminary"]
         out["loss"] = loss
         return out
