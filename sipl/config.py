@@ -129,6 +129,7 @@ class LossConfig(_Strict):
     l1: float = Field(1.0, ge=0.0)
     charbonnier: float = Field(0.0, ge=0.0)
     fft: float = Field(0.0, ge=0.0)
+    psnr: float = Field(0.0, ge=0.0, description="weight of the per-image log10(MSE) loss (sipl.losses.psnr_loss)")
     preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
 
 

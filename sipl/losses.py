@@ -1,4 +1,5 @@
-"""Pixel losses for training: L1, Charbonnier and a frequency-domain L1, combined by the weights of ``LossConfig``.
+"""Pixel losses for training: L1, Charbonnier, a frequency-domain L1 and a per-image PSNR loss, combined by the
+weights of ``LossConfig``.
 
 All functions take ``pred`` and ``target`` float tensors N×C×H×W (any range; images are [0,1]) and return a scalar
 tensor (mean over every element).
@@ -29,15 +30,27 @@ def fft_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(diff).abs().mean()
 
 
-def pixel_loss(l1_weight: float = 1.0, charbonnier_weight: float = 0.0, fft_weight: float = 0.0) -> PixelLoss:
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean over images of log10(MSE) (= -PSNR/10 for data range 1).
+
+    Each image's error counts relative to its own size, so easy tasks (mild blur, light noise; input PSNR ~30 dB)
+    are not traded away for the large absolute errors of hard ones (haze, low light) the way a pooled L1 does:
+    it optimises the mean per-image PSNR the evaluation reports."""
+    mse = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
+    return torch.log10(mse + eps).mean()
+
+
+def pixel_loss(l1_weight: float = 1.0, charbonnier_weight: float = 0.0, fft_weight: float = 0.0,
+               psnr_weight: float = 0.0) -> PixelLoss:
     """A loss ``fn(pred, target) -> scalar`` summing the terms with non-zero weight.
 
     Raises ValueError when every weight is zero (the model would get no pixel supervision)."""
     terms: list[tuple[float, PixelLoss]] = [
-        (w, fn) for w, fn in ((l1_weight, l1), (charbonnier_weight, charbonnier), (fft_weight, fft_l1)) if w > 0
+        (w, fn) for w, fn in ((l1_weight, l1), (charbonnier_weight, charbonnier), (fft_weight, fft_l1),
+                              (psnr_weight, psnr_loss)) if w > 0
     ]
     if not terms:
-        raise ValueError("train.loss: l1, charbonnier and fft are all 0; give at least one a positive weight")
+        raise ValueError("train.loss: l1, charbonnier, fft and psnr are all 0; give at least one a positive weight")
 
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = terms[0][0] * terms[0][1](pred, target)
@@ -50,4 +63,4 @@ def pixel_loss(l1_weight: float = 1.0, charbonnier_weight: float = 0.0, fft_weig
 
 def from_config(loss_cfg) -> PixelLoss:
     """``pixel_loss`` from a ``sipl.config.LossConfig``."""
-    return pixel_loss(loss_cfg.l1, loss_cfg.charbonnier, loss_cfg.fft)
+    return pixel_loss(loss_cfg.l1, loss_cfg.charbonnier, loss_cfg.fft, loss_cfg.psnr)

@@ -60,6 +60,21 @@ def test_losses():
         pixel_loss(0, 0, 0)
 
 
+def test_psnr_loss_is_the_mean_per_image_psnr():
+    from sipl.losses import psnr_loss
+
+    target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
+    noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * scales
+    pred = target + noise
+    per_image = -10 * torch.log10((pred - target).square().flatten(1).mean(1))
+    assert float(psnr_loss(pred, target)) == pytest.approx(float(-per_image.mean() / 10), rel=1e-5)
+    # a pooled loss is dominated by the worst image; this one weighs every image's PSNR equally
+    weights = torch.autograd.functional.jacobian(lambda p: psnr_loss(p, target), pred).flatten(1).norm(dim=1)
+    assert weights[0] > weights[2], "the cleaner image gets the larger gradient per unit error"
+    assert float(pixel_loss(0, 0, 0, 0.1)(pred, target)) == pytest.approx(0.1 * float(psnr_loss(pred, target)))
+
+
 def test_global_batch_invariance():
     """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients)."""
     from sipl.models import build_model
