@@ -69,6 +69,13 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 10.0) -> No
         process.wait(timeout=5)
 
 
+def forget_s3_clients() -> None:
+    """Drop fsspec's cached S3 filesystems: a cached instance keeps the endpoint of an earlier (stopped) server."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @contextlib.contextmanager
 def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
     """Start ``moto_server`` on 127.0.0.1 and yield the environment that points boto3, s3fs and DVC at it.
@@ -84,10 +91,12 @@ def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_http(endpoint, 30, process)
+        forget_s3_clients()
         yield {"AWS_ENDPOINT_URL": endpoint, **S3_TEST_CREDENTIALS}
     finally:
         stop_process_group(process)
         log.close()
+        forget_s3_clients()
 
 
 def create_bucket(env: dict[str, str], bucket: str) -> None:
