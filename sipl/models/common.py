@@ -14,6 +14,8 @@ channels equal the decoder features at the matching fusion level (``fusion_chann
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,17 +69,19 @@ class EncoderState:
     size: tuple[int, int]
 
 
-class Backbone(nn.Module):
-    """Base class: subclasses set ``multiple``, ``fusion_channels`` and implement ``_encode`` / ``_decode``."""
+class Backbone(nn.Module, abc.ABC):
+    """Abstract base: subclasses set ``multiple``, ``fusion_channels`` and implement ``_encode`` / ``_decode``."""
 
     multiple: int = 8
     fusion_channels: tuple[int, int, int]
 
+    @abc.abstractmethod
     def _encode(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
-        raise NotImplementedError
+        """Padded N×3×Hp×Wp image -> (encoder level 1..3 outputs, bottleneck output)."""
 
+    @abc.abstractmethod
     def _decode(self, skips: list[Tensor], latent: Tensor, hooks: Sequence[Hook]) -> Tensor:
-        raise NotImplementedError
+        """Encoder outputs -> the N×3×Hp×Wp residual; ``hooks[i]`` replaces the feature at fusion level i."""
 
     def encode(self, x: Tensor) -> EncoderState:
         """Encode N×3×H×W (any H, W) into a reusable state."""
