@@ -4,13 +4,17 @@
     python benchmarks/model.py --sizes tiny --quick  # a couple of minutes on 2 cores
     python benchmarks/model.py --json out.json       # also write the table
     python benchmarks/model.py --macs-only           # MAC ratios only (meta device, seconds, any size)
+    python benchmarks/model.py --overrides '{"dict_sizes": [32, 32, 16]}'   # a lighter fusion variant
 
 Measured per backbone/size (batch 1, fixed threads, median of ``--repeats`` runs after one warm-up; the cases are
 timed round-robin so that load from other processes spreads over all of them):
 plain forward; one SIPL pass (dictionary-only, i.e. refinement step 0); refinement steps 0..3 under each scheme;
-a training step (forward + backward) of the plain model, of SIPL with the official recipe (preliminary_weight=0) and
-with our preliminary loss (0.5). MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (convs and matmuls;
-inference cases only, see ``measure``).
+training steps (forward + backward, batch ``--train-batch`` of ``--train-px`` patches) of the plain model and of SIPL:
+the official recipe (privileged features from the no-grad restoration of the ground truth; preliminary_weight 0),
+with our preliminary loss on every sample (one more decoder pass) or on a share of the batch inside the one pass
+(``preliminary_share`` 0.5), and the same three with privileged features taken from the ground truth itself
+(``privileged_source: ground_truth``). MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (convs and
+matmuls; inference cases only, see ``measure``).
 Goals: anchored 0..3 <= 4.5 plain forwards, official <= 7.5; SIPL training step <= 1.3× plain (<= 1.8× with the
 preliminary loss).
 """
@@ -41,13 +45,25 @@ def macs(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 2
 
 
-def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_only: bool = False) -> dict[str, float]:
+TRAIN_CASES = {  # name: training_step keyword arguments
+    "train_sipl_w0": {"preliminary_weight": 0.0},
+    "train_sipl_w0.5": {"preliminary_weight": 0.5},
+    "train_sipl_w0.5_share": {"preliminary_weight": 0.5, "preliminary_share": 0.5},
+    "train_sipl_gt_w0": {"preliminary_weight": 0.0, "privileged_source": "ground_truth"},
+    "train_sipl_gt_w0.5": {"preliminary_weight": 0.5, "privileged_source": "ground_truth"},
+    "train_sipl_gt_w0.5_share": {"preliminary_weight": 0.5, "privileged_source": "ground_truth",
+                                 "preliminary_share": 0.5},
+}
+
+
+def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_only: bool = False,
+            train_px: int = 128, train_batch: int = 2, overrides: dict | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("meta" if macs_only else "cpu")  # meta: shapes only, MACs in seconds at any size
     with device:
-        plain, sipl = build_model(backbone, size, sipl=False), build_model(backbone, size, sipl=True)
+        plain, sipl = build_model(backbone, size, sipl=False), build_model(backbone, size, sipl=True, **(overrides or {}))
     x = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(0)).to(device)
-    gt = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(1)).to(device)
+    patches = torch.rand(2, train_batch, 3, train_px, train_px, generator=torch.Generator().manual_seed(1))
 
     def infer(model):
         model.eval()
@@ -56,12 +72,13 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
     def chain(scheme):
         return lambda: list(refine(sipl, x, steps, scheme=scheme))
 
-    def train(model, weight):
+    def train(model, **kwargs):
         model.train()
 
         def step():
             model.zero_grad(set_to_none=True)
-            model.training_step(x, gt, l1, preliminary_weight=weight)["loss"].backward()
+            generator = torch.Generator().manual_seed(0)  # the same split of the batch in every repeat
+            model.training_step(patches[0], patches[1], l1, generator=generator, **kwargs)["loss"].backward()
         return step
 
     def nograd(fn):
@@ -75,9 +92,8 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
         "sipl_pass": nograd(infer(sipl)),
         "anchored_0..%d" % steps: chain("anchored"),
         "official_0..%d" % steps: chain("official"),
-        "train_plain": train(plain, 0.0),
-        "train_sipl_w0": train(sipl, 0.0),
-        "train_sipl_w0.5": train(sipl, 0.5),
+        "train_plain": train(plain),
+        **{name: train(sipl, **kwargs) for name, kwargs in TRAIN_CASES.items()},
     }
     row: dict[str, float] = {
         "params_plain_M": sum(p.numel() for p in plain.parameters()) / 1e6,
@@ -106,8 +122,8 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
         row[f"{name}_min_s"] = min(values)
     for name in cases:
         row[f"{name}_x"] = row[f"{name}_s"] / row["plain_forward_s"]
-    row["train_sipl_w0_vs_train_plain"] = row["train_sipl_w0_s"] / row["train_plain_s"]
-    row["train_sipl_w0.5_vs_train_plain"] = row["train_sipl_w0.5_s"] / row["train_plain_s"]
+    for name in TRAIN_CASES:
+        row[f"{name}_vs_train_plain"] = row[f"{name}_s"] / row["train_plain_s"]
     return row
 
 
@@ -119,35 +135,43 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="refinement steps 0..K (default 3)")
+    parser.add_argument("--train-px", type=int, default=128, help="training patch side (default 128, the paper's)")
+    parser.add_argument("--train-batch", type=int, default=2, help="training batch (default 2; >= 2 for the share)")
     parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--macs-only", action="store_true", help="count MACs on the meta device, no timing (fast)")
+    parser.add_argument("--overrides", type=json.loads, default=None,
+                        help='SIPL model arguments, JSON (e.g. \'{"dict_sizes": [32, 32, 16]}\')')
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
     results = {}
     timing = "MACs only" if args.macs_only else f"median of {repeats}"
-    print(f"# torch {torch.__version__}, {args.threads} threads, {args.px}x{args.px}, batch 1, {timing}")
-    header = (f"{'model':<18}{'params M (plain/sipl)':>22}{'plain GMAC':>11}{'plain s':>9}{'sipl pass':>10}"
-              f"{'anch 0..K':>10}{'offi 0..K':>10}{'train sipl/plain':>17}{'w/ prelim':>10}")
-    print(header)
+    print(f"# torch {torch.__version__}, {args.threads} threads, {args.px}x{args.px} batch 1 (inference), "
+          f"{args.train_px}x{args.train_px} batch {args.train_batch} (training), {timing}"
+          + (f", SIPL overrides {json.dumps(args.overrides)}" if args.overrides else ""))
+    print(f"{'model':<18}{'params M (plain/sipl)':>22}{'plain GMAC':>11}{'plain s':>9}{'sipl pass':>10}"
+          f"{'anch 0..K':>10}{'offi 0..K':>10}")
+    train_header = "".join(f"{name.removeprefix('train_sipl_'):>15}" for name in TRAIN_CASES)
     for size in args.sizes.split(","):
         for backbone in args.backbones.split(","):
-            row = measure(backbone, size, args.px, repeats, args.steps, args.macs_only)
+            row = measure(backbone, size, args.px, repeats, args.steps, args.macs_only, args.train_px,
+                          args.train_batch, args.overrides)
             results[f"{backbone}/{size}"] = row
             k = args.steps
+            name = f"{backbone}/{size}"
+            params = f"{row['params_plain_M']:>10.3f} / {row['params_sipl_M']:<9.3f}{row['plain_forward_GMAC']:>11.2f}"
+            mac_ratios = (f"{row['sipl_pass_mac_x']:>9.2f}x{row[f'anchored_0..{k}_mac_x']:>9.2f}x"
+                          f"{row[f'official_0..{k}_mac_x']:>9.2f}x")
             if args.macs_only:
-                print(f"{backbone + '/' + size:<18}{row['params_plain_M']:>10.3f} / {row['params_sipl_M']:<9.3f}"
-                      f"{row['plain_forward_GMAC']:>11.2f}{'-':>9}{row['sipl_pass_mac_x']:>9.2f}x"
-                      f"{row[f'anchored_0..{k}_mac_x']:>9.2f}x{row[f'official_0..{k}_mac_x']:>9.2f}x"
-                      f"{'-':>17}{'-':>10}  (MAC ratios)", flush=True)
+                print(f"{name:<18}{params}{'-':>9}{mac_ratios}  (MAC ratios)", flush=True)
                 continue
-            print(f"{backbone + '/' + size:<18}{row['params_plain_M']:>10.3f} / {row['params_sipl_M']:<9.3f}"
-                  f"{row['plain_forward_GMAC']:>11.2f}{row['plain_forward_s']:>9.3f}"
-                  f"{row['sipl_pass_x']:>9.2f}x{row[f'anchored_0..{k}_x']:>9.2f}x{row[f'official_0..{k}_x']:>9.2f}x"
-                  f"{row['train_sipl_w0_vs_train_plain']:>16.2f}x{row['train_sipl_w0.5_vs_train_plain']:>9.2f}x")
-            print(f"{'  (MAC ratios)':<51}{row['sipl_pass_mac_x']:>9.2f}x{row[f'anchored_0..{k}_mac_x']:>9.2f}x"
-                  f"{row[f'official_0..{k}_mac_x']:>9.2f}x", flush=True)
+            print(f"{name:<18}{params}{row['plain_forward_s']:>9.3f}{row['sipl_pass_x']:>9.2f}x"
+                  f"{row[f'anchored_0..{k}_x']:>9.2f}x{row[f'official_0..{k}_x']:>9.2f}x")
+            print(f"{'  (MAC ratios)':<60}{mac_ratios}")
+            print(f"{'  train step / plain step':<26}{train_header}   (plain step {row['train_plain_s']:.3f} s)")
+            print(f"{'':<26}" + "".join(f"{row[f'{case}_vs_train_plain']:>14.2f}x" for case in TRAIN_CASES),
+                  flush=True)
     if args.json:
         with open(args.json + ".tmp", "w") as handle:
             json.dump(results, handle, indent=2)

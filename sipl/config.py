@@ -153,6 +153,12 @@ class TrainConfig(_Strict):
     self_privileged: float = Field(0.0, ge=0.0, le=1.0, description=(
         "fraction of batches whose privileged features come from the model's own preliminary restoration of the "
         "input (as in test-time refinement) instead of its restoration of the ground truth (official)"))
+    privileged_source: Literal["restoration", "ground_truth"] = Field("restoration", description=(
+        "privileged features of the other batches: encoder features of the model's dictionary-only restoration of "
+        "the ground truth (official) or of the ground truth itself (skips a no-grad forward pass per step)"))
+    preliminary_share: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "null: the preliminary loss restores every sample once more (one extra decoder pass with gradients); a share "
+        "in (0, 1): that share of each worker batch takes the dictionary-only path inside the one decoder pass"))
     task_weights: dict[str, float] | None = Field(None, description="per task; null = equal weight per family")
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)

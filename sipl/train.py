@@ -48,8 +48,11 @@ class _StepModule(torch.nn.Module):
     """Routes ``forward(lq, gt)`` to ``model.training_step`` so a DDP wrapper all-reduces its gradients."""
 
     def __init__(self, model: torch.nn.Module, pixel_loss: Callable, preliminary_weight: float, random_proxy: bool,
-                 self_privileged: float = 0.0):
+                 self_privileged: float = 0.0, privileged_source: str = "restoration",
+                 preliminary_share: float | None = None):
         super().__init__()
+        self.privileged_source = privileged_source
+        self.preliminary_share = preliminary_share
         self.model = model
         self.pixel_loss = pixel_loss
         self.preliminary_weight = preliminary_weight
@@ -60,7 +63,9 @@ class _StepModule(torch.nn.Module):
         if not getattr(self.model, "sipl", False):
             return self.model.training_step(lq, gt, self.pixel_loss)
         return self.model.training_step(lq, gt, self.pixel_loss, preliminary_weight=self.preliminary_weight,
-                                        random_proxy=self.random_proxy, self_privileged=self.self_privileged)
+                                        random_proxy=self.random_proxy, self_privileged=self.self_privileged,
+                                        privileged_source=self.privileged_source,
+                                        preliminary_share=self.preliminary_share)
 
 
 @torch.no_grad()
@@ -142,9 +147,9 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
 def unused_parameters(step_module: _StepModule, device: torch.device, side: int = 32) -> list[str]:
     """Names of parameters that get no gradient from one training step (DDP must be told about them).
 
-    Probed on one random side×side sample; gradients are cleared afterwards and the torch RNG state is kept."""
+    Probed on two random side×side samples; gradients are cleared afterwards and the torch RNG state is kept."""
     rng_state = torch.get_rng_state()
-    probe = torch.rand(2, 1, 3, side, side, device=device)
+    probe = torch.rand(2, 2, 3, side, side, device=device)  # 2 samples: preliminary_share needs a split
     step_module.model.zero_grad(set_to_none=True)
     step_module(probe[0], probe[1])["loss"].backward()
     unused = [name for name, p in step_module.model.named_parameters() if p.requires_grad and p.grad is None]
@@ -315,7 +320,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     restored_summary = (info or {}).get("summary")
 
     step_module = _StepModule(model, from_config(cfg.loss), cfg.loss.preliminary, cfg.random_proxy,
-                              cfg.self_privileged)
+                              cfg.self_privileged, cfg.privileged_source, cfg.preliminary_share)
     wrapped = session.prepare(step_module, find_unused_parameters=bool(unused_parameters(step_module, device)))
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
@@ -473,6 +478,11 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     cfg = params.train
     workers = num_workers or params.ray.num_workers
     plan = batch_plan(cfg.global_batch, workers, cfg.max_worker_batch, params.profile)
+    if cfg.preliminary_share is not None and cfg.loss.preliminary > 0 and plan.micro_batch < 2:
+        raise SiplError(f"profiles.{params.profile}.preliminary_share={cfg.preliminary_share} splits each worker "
+                        f"batch between the dictionary-only and the fused path, but a worker batch here is "
+                        f"{plan.micro_batch} sample(s) ({cfg.global_batch} global, {workers} workers): raise "
+                        f"profiles.{params.profile}.global_batch or max_worker_batch, or set preliminary_share: null")
     # Ray workers do not run in the driver's working directory: hand them absolute local shard paths.
     root = params.shards.root if is_remote(params.shards.root) else str(Path(params.shards.root).resolve())
     manifest = read_manifest(root)

@@ -7,6 +7,7 @@ import torch
 
 from sipl.models import BACKBONES, build_model
 from sipl.models.proxy_fusion import dictionary_parameters
+from sipl.models.sipl import dictionary_only_count
 
 torch.set_num_threads(1)
 
@@ -119,6 +120,69 @@ def test_self_privileged_step_uses_the_test_time_features(preliminary_weight):
         assert torch.allclose(out["preliminary"], l1(preliminary, gt), atol=1e-6)
     out["loss"].backward()
     assert all(p.grad is not None for p in model.fusion.parameters())
+
+
+def test_ground_truth_privileged_source_uses_the_encoder_features_of_gt():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=0.0, privileged_source="ground_truth")
+    with torch.no_grad():
+        expected = l1(model(lq, privileged=model.encode_privileged(gt)), gt)
+        official = l1(model(lq, privileged=model.encode_privileged(model(gt).clamp(0, 1))), gt)
+    assert torch.allclose(out["main"], expected, atol=1e-6) and not torch.allclose(out["main"], official, atol=1e-6)
+    with pytest.raises(ValueError, match="privileged_source"):
+        model.training_step(lq, gt, l1, privileged_source="teacher")
+
+
+@pytest.mark.parametrize("source", ["restoration", "ground_truth"])
+def test_preliminary_share_splits_one_decoder_pass(source):
+    """With a share, a random subset of the batch takes the dictionary-only path inside the fused decoder pass: its
+    loss is the preliminary restoration's loss on those samples, the rest get the official main loss."""
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    lq, gt = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    out = model.training_step(lq, gt, l1, preliminary_weight=0.5, privileged_source=source, preliminary_share=0.5,
+                              generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    count = dictionary_only_count(4, 0.5, generator)
+    order = torch.randperm(4, generator=generator)
+    prelim, fused = order[:count], order[count:]
+    with torch.no_grad():
+        source_image = gt[fused] if source == "ground_truth" else model(gt[fused]).clamp(0, 1)
+        expected_main = l1(model(lq[fused], privileged=model.encode_privileged(source_image)), gt[fused])
+        expected_prelim = l1(model(lq[prelim]), gt[prelim])
+    assert torch.allclose(out["main"], expected_main, atol=1e-5)
+    assert torch.allclose(out["preliminary"], expected_prelim, atol=1e-5)
+    assert torch.allclose(out["loss"], out["main"] + 0.5 * out["preliminary"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_dictionary_only_count_keeps_both_paths_and_the_expected_share():
+    generator = torch.Generator().manual_seed(0)
+    counts = [dictionary_only_count(8, 0.3, generator) for _ in range(4000)]
+    assert min(counts) >= 1 and max(counts) <= 7
+    assert abs(sum(counts) / len(counts) / 8 - 0.3) < 0.01
+    assert {dictionary_only_count(2, 0.9, generator) for _ in range(20)} == {1}
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        dictionary_only_count(1, 0.5)
+    with pytest.raises(ValueError, match="strictly between"):
+        dictionary_only_count(4, 1.0)
+
+
+def test_partial_privileged_batch_must_match():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True)
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        state = model.encode(x)
+        features = model.encode_privileged(x[1:])
+        mixed = model.decode(state, features, dictionary_only=1)
+        assert torch.allclose(mixed[:1], model(x[:1]), atol=1e-5)
+        assert torch.allclose(mixed[1:], model(x[1:], privileged=features), atol=1e-5)
+        with pytest.raises(ValueError, match="cover 2 samples; expected 1"):
+            model.decode(state, features, dictionary_only=2)
 
 
 def test_output_init_starts_near_the_identity():

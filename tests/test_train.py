@@ -158,9 +158,9 @@ def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def exploding(pred, target):
-        calls["n"] += pred.shape[0] > 1  # the single-sample probe for unused parameters does not count
+        calls["n"] += 1  # call 1 is the probe for unused parameters, then one call per step
         value = (pred - target).abs().mean()
-        return value * float("nan") if calls["n"] > 4 else value
+        return value * float("nan") if calls["n"] > 5 else value
 
     monkeypatch.setattr("sipl.losses.from_config", lambda cfg: exploding)
     params = _params(shard_root, steps=6, checkpoint_every=1, loss={"l1": 1.0, "preliminary": 0.0})
@@ -170,6 +170,20 @@ def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
     assert "last good checkpoint is kept (step 4)" in metrics["failed"]
     assert "__" in metrics["failed"].split("batch samples: ")[1]
     assert session.latest_checkpoint().name == "checkpoint_00000004"
+
+
+def test_preliminary_share_and_ground_truth_features_train(shard_root, tmp_path):
+    params = _params(shard_root, steps=2, checkpoint_every=2, preliminary_share=0.5,
+                     privileged_source="ground_truth")
+    metrics = train_worker(make_spec(params, num_workers=1), 0, 1, LocalSession(tmp_path / "ckpt"))
+    assert metrics["step"] == 2 and "failed" not in metrics
+    assert all(r["loss_preliminary"] > 0 for r in metrics_history(LocalSession(tmp_path / "ckpt")))
+
+
+def test_preliminary_share_needs_two_samples_per_worker(shard_root):
+    params = _params(shard_root, global_batch=2, preliminary_share=0.5)
+    with pytest.raises(SiplError, match=r"profiles\.tiny\.preliminary_share=0\.5 .* worker batch here is 1"):
+        make_spec(params, num_workers=2)
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -105,18 +105,27 @@ class ProxyFusion(nn.Module):
         self.absorb = CrossBlock(channels, absorb_heads, ffn_expansion)
         self.read = CrossBlock(channels, read_heads, ffn_expansion)
 
-    def ensemble(self, privileged: Tensor | None, batch: int, mix: Tensor | None = None) -> Tensor:
-        """N×C×S×S ensemble tokens. ``privileged``: N×C×h×w or None (-> the raw dictionary). ``mix``: optional
-        per-sample weights N (in [0,1]) blending ensemble and raw dictionary (``w·ensemble + (1-w)·dictionary``)."""
+    def ensemble(self, privileged: Tensor | None, batch: int, mix: Tensor | None = None,
+                 dictionary_only: int = 0) -> Tensor:
+        """N×C×S×S ensemble tokens. ``privileged``: M×C×h×w or None (-> the raw dictionary for every sample).
+        ``dictionary_only``: the first that many samples get the raw dictionary and ``privileged`` covers the other
+        M = N - dictionary_only. ``mix``: optional per-sample weights M (in [0,1]) blending ensemble and raw
+        dictionary (``w·ensemble + (1-w)·dictionary``)."""
         raw = self.dictionary.expand(batch, -1, -1, -1)
         if not torch.is_grad_enabled():
             raw = raw.detach()  # a view made under no_grad still claims requires_grad; module hooks trip on it
         if privileged is None:
             return raw
-        out = self.absorb(raw, privileged)
+        if privileged.shape[0] != batch - dictionary_only:
+            raise ValueError(f"privileged features cover {privileged.shape[0]} samples; expected "
+                             f"{batch - dictionary_only} ({batch} in the batch, {dictionary_only} dictionary-only)")
+        fused_raw = raw[dictionary_only:]
+        out = self.absorb(fused_raw, privileged)
         if mix is not None:
             w = mix.to(out.dtype).view(-1, 1, 1, 1)
-            out = w * out + (1 - w) * raw
+            out = w * out + (1 - w) * fused_raw
+        if dictionary_only:
+            out = torch.cat([raw[:dictionary_only], out])
         return out
 
     def forward(self, feature: Tensor, ensemble: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ Privileged features are the backbone's own encoder maps ``[enc level 2, enc leve
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,8 @@ from sipl.models.proxy_fusion import ProxyFusion
 # level (0: decoder level 2, 1: decoder level 3, 2: latent) are the official ones there:
 # p1_cross 1 / cross_p1 1, p2_cross 2 / cross_p2 2, p3_cross 1 / cross_p3 4.
 OFFICIAL_HEADS = {"absorb_heads": (1, 2, 1), "read_heads": (1, 2, 4)}
+
+PRIVILEGED_SOURCES = ("restoration", "ground_truth")
 
 PixelLoss = Callable[[Tensor, Tensor], Tensor]
 Privileged = Tensor | Sequence[Tensor] | None
@@ -71,17 +75,20 @@ class SIPLModel(nn.Module):
             raise ValueError(f"privileged features: expected 3 maps (enc2, enc3, latent), got {len(features)}")
         return features
 
-    def decode(self, state: EncoderState, privileged: Privileged = None, mix: Tensor | None = None) -> Tensor:
+    def decode(self, state: EncoderState, privileged: Privileged = None, mix: Tensor | None = None,
+               dictionary_only: int = 0) -> Tensor:
         """Restore from an encoder state. ``privileged``: None (dictionary-only path), 3 feature maps, or an
-        N×3×H×W image (its features are computed under no_grad). ``mix``: optional per-sample weights N in [0,1]
-        blending each level's ensemble with the raw dictionary (the official random proxy)."""
+        M×3×H×W image (its features are computed under no_grad). ``dictionary_only``: the first that many samples
+        of the batch take the dictionary-only path and ``privileged`` covers the remaining M. ``mix``: optional
+        per-sample weights M in [0,1] blending each level's ensemble with the raw dictionary (the official random
+        proxy)."""
         if not self.sipl:
             return self.backbone.decode(state)
         features = self._as_features(privileged)
         batch = state.image.shape[0]
         hooks = []
         for level, fusion in enumerate(self.fusion):
-            ensemble = fusion.ensemble(None if features is None else features[level], batch, mix)
+            ensemble = fusion.ensemble(None if features is None else features[level], batch, mix, dictionary_only)
             hooks.append(lambda feature, fusion=fusion, ensemble=ensemble: fusion(feature, ensemble))
         return self.backbone.decode(state, hooks)
 
@@ -92,43 +99,78 @@ class SIPLModel(nn.Module):
 
     def training_step(self, lq: Tensor, gt: Tensor, pixel_loss: PixelLoss, preliminary_weight: float = 0.5,
                       random_proxy: bool = False, generator: torch.Generator | None = None,
-                      self_privileged: float = 0.0) -> dict[str, Tensor]:
+                      self_privileged: float = 0.0, privileged_source: str = "restoration",
+                      preliminary_share: float | None = None) -> dict[str, Tensor]:
         """One SIPL training forward. lq, gt: N×3×H×W in [0,1]. Returns {"loss", "main"} plus "preliminary" when
         ``preliminary_weight > 0`` (SIPL mode only); "loss" is the total to backprop.
 
-        Official recipe, without gradients: restore ``gt`` on the dictionary-only path, clip, take the encoder
-        features of that restoration; then restore ``lq`` with them ("main"). Ours in addition: the dictionary-only
-        restoration of ``lq`` is also trained (weight ``preliminary_weight``); it reuses lq's encoder state.
+        Official recipe (``privileged_source="restoration"``), without gradients: restore ``gt`` on the
+        dictionary-only path, clip, take the encoder features of that restoration; then restore ``lq`` with them
+        ("main"). ``"ground_truth"`` takes the encoder features of ``gt`` itself and skips that no-grad restoration
+        (about 1.1 forward passes a step; the public material leaves open which of the two the paper trained with).
+
+        Ours in addition: the dictionary-only restoration of ``lq`` is trained too (weight ``preliminary_weight``).
+        ``preliminary_share=None``: on every sample, one more decoder pass with gradients (lq's encoder state is
+        reused). A share in (0, 1): that share of the batch (at least one sample, at least one left; a random subset
+        drawn from ``generator``) takes the dictionary-only path inside the same decoder pass and its loss is the
+        preliminary loss, so the step costs no more than the official one; each path sees part of the batch.
+
         ``random_proxy`` mixes ensemble and raw dictionary with w ~ U(0,1) per sample (drawn from ``generator``).
         ``self_privileged``: the fraction of batches (drawn from ``generator``) whose privileged features come from the
-        model's own preliminary restoration of ``lq`` instead of its restoration of ``gt``. That is exactly what a
-        refinement step sees at test time, so it teaches the fused path to improve on the preliminary output rather
-        than to trust near-clean features it never gets after training; it also skips the no-grad GT restoration."""
+        model's own preliminary restoration of ``lq`` instead. That is exactly what a refinement step sees at test
+        time, so it teaches the fused path to improve on the preliminary output rather than to trust near-clean
+        features it never gets after training; it also skips the no-grad GT restoration."""
         if not self.sipl:
             main = pixel_loss(self(lq), gt)
             return {"loss": main, "main": main}
+        if privileged_source not in PRIVILEGED_SOURCES:
+            raise ValueError(f"privileged_source {privileged_source!r} is not one of {PRIVILEGED_SOURCES}")
         use_own = self_privileged > 0 and float(torch.rand((), generator=generator)) < self_privileged
+        split = preliminary_weight > 0 and preliminary_share is not None
+        n_dict = 0
+        if split:
+            n_dict = dictionary_only_count(lq.shape[0], preliminary_share, generator)
+            order = torch.randperm(lq.shape[0], generator=generator).to(lq.device)
+            lq, gt = lq[order], gt[order]
         state = self.encode(lq)
-        preliminary = None
-        if use_own:
-            preliminary = self.decode(state) if preliminary_weight > 0 else None
-            with torch.no_grad():
-                source = preliminary.detach() if preliminary is not None else self.decode(state)
-                privileged = self.encode_privileged(source.clamp(0, 1))
-        else:
-            with torch.no_grad():
-                restored_gt = self.decode(self.encode(gt)).clamp(0, 1)
-                privileged = self.encode_privileged(restored_gt)
+        preliminary = self.decode(state) if preliminary_weight > 0 and not split else None
+        with torch.no_grad():
+            if use_own:
+                source = preliminary.detach() if preliminary is not None else self.decode(rows(state, n_dict))
+            elif privileged_source == "restoration":
+                source = self.decode(self.encode(gt[n_dict:]))
+            else:
+                source = gt[n_dict:]
+            privileged = self.encode_privileged(source.clamp(0, 1))
         mix = None
         if random_proxy:
-            mix = torch.rand(lq.shape[0], generator=generator).to(lq.device)
-        main = pixel_loss(self.decode(state, privileged, mix), gt)
+            mix = torch.rand(lq.shape[0] - n_dict, generator=generator).to(lq.device)
+        restored = self.decode(state, privileged, mix, dictionary_only=n_dict)
+        main = pixel_loss(restored[n_dict:], gt[n_dict:])
         out = {"main": main}
         loss = main
         if preliminary_weight > 0:
-            if preliminary is None:
-                preliminary = self.decode(state)
-            out["preliminary"] = pixel_loss(preliminary, gt)
+            out["preliminary"] = (pixel_loss(restored[:n_dict], gt[:n_dict]) if split
+                                  else pixel_loss(preliminary, gt))
             loss = loss + preliminary_weight * out["preliminary"]
         out["loss"] = loss
         return out
+
+
+def dictionary_only_count(batch: int, share: float, generator: torch.Generator | None = None) -> int:
+    """How many of ``batch`` samples take the dictionary-only path for ``preliminary_share=share``: ``batch·share``
+    rounded stochastically (so the expected share is exact), kept within [1, batch - 1]."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"preliminary_share must lie strictly between 0 and 1, got {share}")
+    if batch < 2:
+        raise ValueError(f"preliminary_share={share} splits each batch between the dictionary-only and the fused "
+                         f"path and needs at least 2 samples per worker batch, got {batch}: raise the batch size "
+                         "or set preliminary_share to null")
+    u = float(torch.rand((), generator=generator))
+    return min(max(int(batch * share + u), 1), batch - 1)
+
+
+def rows(state: EncoderState, start: int) -> EncoderState:
+    """The encoder state of samples ``start:`` of a batch."""
+    return dataclasses.replace(state, image=state.image[start:], skips=[s[start:] for s in state.skips],
+                               latent=state.latent[start:])
