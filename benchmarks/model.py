@@ -57,7 +57,8 @@ TRAIN_CASES = {  # name: training_step keyword arguments
 
 
 def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_only: bool = False,
-            train_px: int = 128, train_batch: int = 2, overrides: dict | None = None) -> dict[str, float]:
+            train_px: int = 128, train_batch: int = 2, overrides: dict | None = None,
+            training: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("meta" if macs_only else "cpu")  # meta: shapes only, MACs in seconds at any size
     with device:
@@ -92,9 +93,10 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
         "sipl_pass": nograd(infer(sipl)),
         "anchored_0..%d" % steps: chain("anchored"),
         "official_0..%d" % steps: chain("official"),
-        "train_plain": train(plain),
-        **{name: train(sipl, **kwargs) for name, kwargs in TRAIN_CASES.items()},
     }
+    if training:
+        cases["train_plain"] = train(plain)
+        cases.update({name: train(sipl, **kwargs) for name, kwargs in TRAIN_CASES.items()})
     row: dict[str, float] = {
         "params_plain_M": sum(p.numel() for p in plain.parameters()) / 1e6,
         "params_sipl_M": sum(p.numel() for p in sipl.parameters()) / 1e6,
@@ -122,7 +124,7 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
         row[f"{name}_min_s"] = min(values)
     for name in cases:
         row[f"{name}_x"] = row[f"{name}_s"] / row["plain_forward_s"]
-    for name in TRAIN_CASES:
+    for name in TRAIN_CASES if training else ():
         row[f"{name}_vs_train_plain"] = row[f"{name}_s"] / row["train_plain_s"]
     return row
 
@@ -141,6 +143,7 @@ def main() -> int:
     parser.add_argument("--macs-only", action="store_true", help="count MACs on the meta device, no timing (fast)")
     parser.add_argument("--overrides", type=json.loads, default=None,
                         help='SIPL model arguments, JSON (e.g. \'{"dict_sizes": [32, 32, 16]}\')')
+    parser.add_argument("--no-train", action="store_true", help="inference cases only")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,7 +159,7 @@ def main() -> int:
     for size in args.sizes.split(","):
         for backbone in args.backbones.split(","):
             row = measure(backbone, size, args.px, repeats, args.steps, args.macs_only, args.train_px,
-                          args.train_batch, args.overrides)
+                          args.train_batch, args.overrides, not args.no_train)
             results[f"{backbone}/{size}"] = row
             k = args.steps
             name = f"{backbone}/{size}"
@@ -169,6 +172,8 @@ def main() -> int:
             print(f"{name:<18}{params}{row['plain_forward_s']:>9.3f}{row['sipl_pass_x']:>9.2f}x"
                   f"{row[f'anchored_0..{k}_x']:>9.2f}x{row[f'official_0..{k}_x']:>9.2f}x")
             print(f"{'  (MAC ratios)':<60}{mac_ratios}")
+            if args.no_train:
+                continue
             print(f"{'  train step / plain step':<26}{train_header}   (plain step {row['train_plain_s']:.3f} s)")
             print(f"{'':<26}" + "".join(f"{row[f'{case}_vs_train_plain']:>14.2f}x" for case in TRAIN_CASES),
                   flush=True)

@@ -1,0 +1,31 @@
+"""The model benchmark runs end to end on a tiny model (its figures are not checked, only that every case runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model.py"), "--backbones", "nafnet", "--sizes", "tiny",
+                    "--json", str(out), *args], check=True, cwd=ROOT, capture_output=True, timeout=300)
+    return json.loads(out.read_text())["nafnet/tiny"]
+
+
+def test_mac_ratios_on_the_meta_device(tmp_path):
+    row = run_benchmark(tmp_path, "--macs-only", "--overrides", '{"dict_sizes": [4, 4, 4]}')
+    assert row["plain_forward_GMAC"] > 0
+    assert 1 < row["sipl_pass_mac_x"] < row["anchored_0..3_mac_x"] < row["official_0..3_mac_x"]
+
+
+def test_every_timed_case_runs(tmp_path):
+    row = run_benchmark(tmp_path, "--px", "32", "--train-px", "16", "--repeats", "1", "--steps", "1")
+    for case in ("sipl_pass", "anchored_0..1", "official_0..1"):
+        assert row[f"{case}_x"] > 0
+    for case in ("w0", "w0.5", "w0.5_share", "gt_w0", "gt_w0.5", "gt_w0.5_share"):
+        assert row[f"train_sipl_{case}_vs_train_plain"] > 0
