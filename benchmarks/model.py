@@ -62,7 +62,8 @@ def measure(backbone: str, size: str, px: int, repeats: int, steps: int, macs_on
     torch.manual_seed(0)
     device = torch.device("meta" if macs_only else "cpu")  # meta: shapes only, MACs in seconds at any size
     with device:
-        plain, sipl = build_model(backbone, size, sipl=False), build_model(backbone, size, sipl=True, **(overrides or {}))
+        plain = build_model(backbone, size, sipl=False)
+        sipl = build_model(backbone, size, sipl=True, **(overrides or {}))
     x = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(0)).to(device)
     patches = torch.rand(2, train_batch, 3, train_px, train_px, generator=torch.Generator().manual_seed(1))
 

@@ -47,25 +47,17 @@ def _loss_column(term: str) -> str:
 class _StepModule(torch.nn.Module):
     """Routes ``forward(lq, gt)`` to ``model.training_step`` so a DDP wrapper all-reduces its gradients."""
 
-    def __init__(self, model: torch.nn.Module, pixel_loss: Callable, preliminary_weight: float, random_proxy: bool,
-                 self_privileged: float = 0.0, privileged_source: str = "restoration",
-                 preliminary_share: float | None = None):
+    def __init__(self, model: torch.nn.Module, pixel_loss: Callable, **step_options: Any):
+        """``step_options``: keyword arguments of ``SIPLModel.training_step`` (ignored by plain models)."""
         super().__init__()
-        self.privileged_source = privileged_source
-        self.preliminary_share = preliminary_share
         self.model = model
         self.pixel_loss = pixel_loss
-        self.preliminary_weight = preliminary_weight
-        self.random_proxy = random_proxy
-        self.self_privileged = self_privileged
+        self.step_options = step_options
 
     def forward(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         if not getattr(self.model, "sipl", False):
             return self.model.training_step(lq, gt, self.pixel_loss)
-        return self.model.training_step(lq, gt, self.pixel_loss, preliminary_weight=self.preliminary_weight,
-                                        random_proxy=self.random_proxy, self_privileged=self.self_privileged,
-                                        privileged_source=self.privileged_source,
-                                        preliminary_share=self.preliminary_share)
+        return self.model.training_step(lq, gt, self.pixel_loss, **self.step_options)
 
 
 @torch.no_grad()
@@ -319,8 +311,9 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     last_checkpoint = start_step if info is not None else None
     restored_summary = (info or {}).get("summary")
 
-    step_module = _StepModule(model, from_config(cfg.loss), cfg.loss.preliminary, cfg.random_proxy,
-                              cfg.self_privileged, cfg.privileged_source, cfg.preliminary_share)
+    step_module = _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
+                              random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
+                              privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share)
     wrapped = session.prepare(step_module, find_unused_parameters=bool(unused_parameters(step_module, device)))
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,

@@ -89,10 +89,10 @@ def test_global_batch_invariance():
     assert one.accumulation == 2 and one.micro_batch == two.micro_batch == 2
 
     single = copy.deepcopy(model)
-    accumulate_gradients(_StepModule(single, l1, 0.5, False), halves, torch.device("cpu"))
+    accumulate_gradients(_StepModule(single, l1, preliminary_weight=0.5, random_proxy=False), halves, torch.device("cpu"))
     replicas = [copy.deepcopy(model) for _ in range(2)]
     for replica, half in zip(replicas, halves):
-        accumulate_gradients(_StepModule(replica, l1, 0.5, False), [half], torch.device("cpu"))
+        accumulate_gradients(_StepModule(replica, l1, preliminary_weight=0.5, random_proxy=False), [half], torch.device("cpu"))
     for p_single, p_a, p_b in zip(single.parameters(), *(r.parameters() for r in replicas)):
         if p_single.grad is None:
             assert p_a.grad is None and p_b.grad is None
