@@ -1,19 +1,28 @@
-"""GPU benchmark, one prepared script (standalone; needs only this repository and its dependencies):
+"""GPU benchmark, one prepared script for a GPU machine (needs only this repository, torch, PyYAML, pydantic and
+safetensors; no data, no Ray).
 
-1. paper-profile training steps/s with bf16 autocast at global batch 32 / patch 128 on one GPU (the SIPL step:
-   privileged pass + fused pass + dictionary-only pass, AdamW, gradient clipping), with gradient accumulation as
-   the fallback when the full batch does not fit;
-2. peak GPU memory of that step (torch.cuda.max_memory_allocated);
-3. refinement chain time per 256×256 image for each scheme (``official``, ``anchored``), steps 0..K.
+Measures, for a profile of ``params.yaml`` (default ``paper``: PromptIR at the paper size):
 
-Usage: ``python benchmarks/gpu.py`` (``--json`` for JSON only; ``--smoke`` runs a tiny configuration on whatever
-device is present, for checking the script itself on CPU). Prints one JSON document at the end.
+1. training steps/s at the profile's global batch and patch with bf16 autocast (the profile's ``bf16``), using the
+   trainer's own step (``sipl.train.step_module_for``, ``accumulate_gradients``, AdamW, gradient clipping, EMA), for
+   the plain backbone, the profile's SIPL recipe and the cheaper ``ground_truth`` + ``preliminary_share`` recipe;
+   when a global batch does not fit, it halves the micro-batch and accumulates (as the trainer does with
+   ``max_worker_batch``) and says so;
+2. peak GPU memory of each (``torch.cuda.max_memory_allocated``);
+3. the refinement chain's cumulative time per 256×256 image for steps 0..K under each scheme, next to the plain
+   backbone's forward and one SIPL pass of the same run (ratios as in ``benchmarks/model.py``).
+
+Usage: ``python benchmarks/gpu.py [--profile paper] [--steps 10] [--out result.json]``; ``--smoke`` shrinks
+everything to the ``tiny`` profile at toy sizes so the script can be checked on a CPU. Prints a table, then one JSON
+document (also written to ``--out``, atomically, after every section so that a run cut short keeps what it has).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,110 +38,200 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_steps(model_cfg: dict, global_batch: int, micro_batch: int, patch: int, steps: int, warmup: int,
-                device: torch.device, bf16: bool) -> dict:
-    """Steps/s and peak memory of optimiser steps of ``global_batch`` (micro-batches of ``micro_batch``)."""
-    from sipl.losses import l1
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _model_args(model_cfg, sipl: bool | None = None) -> dict:
+    args = {"backbone": model_cfg.backbone, "size": model_cfg.size, "sipl": model_cfg.sipl, **model_cfg.overrides}
+    if sipl is not None:
+        args["sipl"] = sipl
+    return args
+
+
+def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, patch: int, steps: int,
+                 warmup: int, device: torch.device, bf16: bool) -> dict:
+    """Median time of optimiser steps of ``global_batch`` samples split into micro-batches of ``micro_batch``.
+
+    ``recipe`` is a ``sipl.config.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed through
+    the trainer's own conversion, so the step is the trainer's step minus data loading."""
     from sipl.models import build_model
+    from sipl.train import accumulate_gradients, ema_update, step_module_for
 
     torch.manual_seed(0)
-    model = build_model(**model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.999))
-    accumulation = global_batch // micro_batch
-    lq = torch.rand(micro_batch, 3, patch, patch, device=device)
-    gt = torch.rand(micro_batch, 3, patch, patch, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    model = build_model(**model_args).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if recipe.ema_decay else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=tuple(recipe.betas),
+                                  weight_decay=recipe.weight_decay)
+    step_module = step_module_for(model, recipe)
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"lq": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator),
+                "gt": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator)}
+               for _ in range(global_batch // micro_batch)]
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+    use_bf16 = bf16 and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else None
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for step in range(warmup + steps):
         _sync(device)
         tic = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for _ in range(accumulation):
-            with autocast:
-                loss = model.training_step(lq, gt, l1, preliminary_weight=0.5)["loss"]
-            (loss / accumulation).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        terms = accumulate_gradients(step_module, batches, device, autocast)
+        if recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema_update(ema, model, recipe.ema_decay)
         _sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - tic)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-    step_s = sorted(times)[len(times) // 2]
-    return {"global_batch": global_batch, "micro_batch": micro_batch, "accumulation": accumulation,
-            "patch": patch, "bf16": bf16 and device.type == "cuda", "step_s": step_s, "steps_per_s": 1 / step_s,
-            "samples_per_s": global_batch / step_s, "peak_memory_gib": peak,
-            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    step_s = _median(times)
+    return {"global_batch": global_batch, "micro_batch": micro_batch, "accumulation": global_batch // micro_batch,
+            "patch": patch, "bf16": use_bf16, "step_s": step_s, "steps_per_s": 1 / step_s,
+            "samples_per_s": global_batch / step_s,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "final_loss_terms": {k: round(v, 5) for k, v in terms.items()}}
 
 
-def refine_times(model_cfg: dict, side: int, max_steps: int, repeats: int, device: torch.device,
-                 bf16: bool) -> dict:
-    """Seconds per image for the refinement chain 0..max_steps, per scheme (batch 1, inference mode)."""
+def train_with_fallback(model_args: dict, recipe, global_batch: int, micro_batch: int, **kwargs) -> list[dict]:
+    """``train_recipe``, halving the micro-batch on out-of-memory; every attempt is one row."""
+    rows = []
+    while micro_batch >= 1:
+        try:
+            rows.append(train_recipe(model_args, recipe, global_batch, micro_batch, **kwargs))
+            return rows
+        except torch.OutOfMemoryError as error:
+            rows.append({"global_batch": global_batch, "micro_batch": micro_batch,
+                         "error": f"out of memory: {str(error).splitlines()[0]}"})
+            torch.cuda.empty_cache()
+            micro_batch //= 2
+    return rows
+
+
+@torch.inference_mode()
+def inference_times(model_args: dict, side: int, max_steps: int, repeats: int, device: torch.device,
+                    bf16: bool) -> dict:
+    """Seconds per 1×3×side×side image: plain backbone forward, one SIPL pass, and the cumulative time of the
+    refinement chain after each step 0..max_steps per scheme (medians of ``repeats`` after one warm-up)."""
     from sipl.models import build_model
     from sipl.refine import refine
 
     torch.manual_seed(0)
-    model = build_model(**model_cfg).to(device).eval()
+    sipl_model = build_model(**{**model_args, "sipl": True}).to(device).eval()
+    plain_model = build_model(**{**model_args, "sipl": False}).to(device).eval()
     x = torch.rand(1, 3, side, side, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
-    out = {}
+    use_bf16 = bf16 and device.type == "cuda"
+
+    def timed(fn) -> float:
+        samples = []
+        for repeat in range(repeats + 1):
+            _sync(device)
+            tic = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                fn()
+            _sync(device)
+            if repeat:
+                samples.append(time.perf_counter() - tic)
+        return _median(samples)
+
+    privileged = sipl_model.encode_privileged(x)
+    out = {"side": side, "bf16": use_bf16, "plain_forward_s": timed(lambda: plain_model(x)),
+           "sipl_pass_s": timed(lambda: sipl_model(x, privileged=privileged)), "chain_cumulative_s": {}}
     for scheme in ("official", "anchored"):
         per_step: dict[int, list[float]] = {}
         for repeat in range(repeats + 1):
             _sync(device)
             tic = time.perf_counter()
-            with autocast:
-                for step, _ in refine(model, x, max_steps, scheme=scheme):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                for step, _ in refine(sipl_model, x, max_steps, scheme=scheme):
                     _sync(device)
                     if repeat:
                         per_step.setdefault(step, []).append(time.perf_counter() - tic)
-        out[scheme] = {str(k): sorted(v)[len(v) // 2] for k, v in per_step.items()}
-    return {"side": side, "cumulative_s_by_step": out}
+        out["chain_cumulative_s"][scheme] = {str(k): _median(v) for k, v in per_step.items()}
+    return out
+
+
+def _write(result: dict, path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
+def _print_table(result: dict) -> None:
+    for name, rows in result["train"].items():
+        for row in rows:
+            if "error" in row:
+                print(f"train {name:<22} batch {row['global_batch']} as micro-batch {row['micro_batch']}: "
+                      f"{row['error']}")
+                continue
+            peak = f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else "n/a"
+            print(f"train {name:<22} batch {row['global_batch']} ({row['accumulation']}x{row['micro_batch']}) "
+                  f"patch {row['patch']} bf16 {row['bf16']}: {row['steps_per_s']:.2f} steps/s "
+                  f"{row['samples_per_s']:.1f} samples/s  peak {peak}")
+    inference = result.get("inference")
+    if inference:
+        plain = inference["plain_forward_s"]
+        print(f"inference {inference['side']}² bf16 {inference['bf16']}: plain forward {plain * 1e3:.1f} ms, "
+              f"SIPL pass {inference['sipl_pass_s'] / plain:.2f}x")
+        for scheme, times in inference["chain_cumulative_s"].items():
+            print(f"  {scheme:<9} " + ", ".join(f"0..{k}: {v * 1e3:.1f} ms ({v / plain:.2f}x)"
+                                                 for k, v in times.items()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model and sizes (checks the script on CPU)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--profile", default="paper", choices=["tiny", "small", "paper"])
+    parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps per recipe (after 3 warm-up)")
+    parser.add_argument("--side", type=int, default=256, help="image side for the inference timings")
+    parser.add_argument("--max-steps", type=int, default=3, help="refinement steps 0..K")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each inference measurement")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--smoke", action="store_true", help="tiny profile at toy sizes (checks the script on CPU)")
     args = parser.parse_args()
+
+    from sipl.config import load_params
+
+    params = load_params(args.params)
+    profile = params.profiles["tiny" if args.smoke else args.profile]
+    model_cfg, recipe = profile.model, profile.train
+    global_batch, patch, side, steps, warmup, repeats = (recipe.global_batch, recipe.patch, args.side, args.steps, 3,
+                                                         args.repeats)
+    if args.smoke:
+        global_batch, patch, side, steps, warmup, repeats = 4, 32, 48, 2, 1, 1
+    micro_batch = min(global_batch, recipe.max_worker_batch or global_batch)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if args.smoke:
-        model_cfg = {"backbone": "nafnet", "size": "tiny", "sipl": True, "width": 8}
-        global_batch, patch, side, steps, warmup = 4, 32, 64, 2, 1
-    else:
-        model_cfg = {"backbone": "promptir", "size": "paper", "sipl": True}
-        global_batch, patch, side, steps, warmup = 32, 128, 256, args.steps, 3
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "model": model_cfg, "train": []}
-    micro = global_batch
-    while micro >= 1:
-        try:
-            result["train"].append(train_steps(model_cfg, global_batch, micro, patch, steps, warmup, device, True))
-            break
-        except torch.OutOfMemoryError as error:
-            result["train"].append({"global_batch": global_batch, "micro_batch": micro,
-                                    "error": f"out of memory: {str(error).splitlines()[0]}"})
-            torch.cuda.empty_cache()
-            micro //= 2
-    result["refine"] = refine_times(model_cfg, side, 3, 3 if not args.smoke else 1, device, True)
-    if not args.json:
-        for row in result["train"]:
-            if "error" in row:
-                print(f"train global batch {row['global_batch']} as micro-batch {row['micro_batch']}: {row['error']}")
-            else:
-                peak = f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else "n/a"
-                print(f"train {model_cfg['backbone']}/{model_cfg['size']} global batch {row['global_batch']} "
-                      f"({row['accumulation']} x {row['micro_batch']}), patch {row['patch']}, bf16 {row['bf16']}: "
-                      f"{row['steps_per_s']:.2f} steps/s, {row['samples_per_s']:.1f} samples/s, peak {peak}")
-        for scheme, times in result["refine"]["cumulative_s_by_step"].items():
-            print(f"refine {scheme} {side}x{side}: " + ", ".join(f"step {k}: {v * 1e3:.1f} ms" for k, v in times.items()))
+                    "torch": torch.__version__, "profile": "tiny" if args.smoke else args.profile,
+                    "model": _model_args(model_cfg), "train": {}, "inference": None}
+    recipes = {
+        "plain": (_model_args(model_cfg, sipl=False), recipe),
+        f"sipl {recipe.privileged_source}": (_model_args(model_cfg), recipe),
+        "sipl ground_truth+share": (_model_args(model_cfg),
+                                    recipe.model_copy(update={"privileged_source": "ground_truth",
+                                                              "preliminary_share": 0.5})),
+    }
+    for name, (model_args, step_recipe) in recipes.items():
+        result["train"][name] = train_with_fallback(model_args, step_recipe, global_batch, micro_batch, patch=patch,
+                                                    steps=steps, warmup=warmup, device=device, bf16=recipe.bf16)
+        _write(result, args.out)
+        print(f"[{time.strftime('%H:%M:%S')}] train {name} done", flush=True)
+    result["inference"] = inference_times(_model_args(model_cfg), side, args.max_steps, repeats, device,
+                                          recipe.bf16)
+    _write(result, args.out)
+    _print_table(result)
     print(json.dumps(result, indent=2))
     return 0
 

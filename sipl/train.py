@@ -60,6 +60,15 @@ class _StepModule(torch.nn.Module):
         return self.model.training_step(lq, gt, self.pixel_loss, **self.step_options)
 
 
+def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
+    """The training step of a ``sipl.config.TrainConfig`` recipe (loss terms and SIPL step options) for ``model``."""
+    from sipl.losses import from_config
+
+    return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
+                       random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
+                       privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share)
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
@@ -269,7 +278,6 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     without saving and the metrics carry ``"failed"`` (the step and the batch's sample keys)."""
     from sipl.config import parse_params
     from sipl.data import StreamConfig, load_val, train_loader
-    from sipl.losses import from_config
     from sipl.models import build_model
     from sipl.schedule import learning_rate
 
@@ -311,9 +319,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     last_checkpoint = start_step if info is not None else None
     restored_summary = (info or {}).get("summary")
 
-    step_module = _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
-                              random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
-                              privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share)
+    step_module = step_module_for(model, cfg)
     wrapped = session.prepare(step_module, find_unused_parameters=bool(unused_parameters(step_module, device)))
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
