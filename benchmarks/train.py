@@ -1,8 +1,9 @@
 """Training benchmark (CPU): Ray Train scaling, SIPL vs plain step time, achieved GFLOP/s vs matmul GFLOP/s.
 
 Measured in one run:
-1. samples/s of the real ``sipl.train.fit`` path (Ray Train, DataLoader, DDP) with 1 and 2 workers × 1 CPU at the
-   same global batch (goal: 2 workers ≥ 1.7× on 2 cores);
+1. samples/s of the real ``sipl.train.fit`` path (Ray Train, data streaming, DDP) with 1 and 2 workers × 1 CPU ×
+   1 thread, each worker training on the profile's per-worker batch (goal: 2 workers ≥ 1.7× on 2 cores), and, for
+   reference, 1 worker on the 2-worker global batch (strong scaling);
 2. one training step (forward + backward) of the SIPL model vs the plain backbone, same backbone and batch;
 3. the FLOPs of a SIPL training step (torch's FlopCounterMode) divided by its time, next to the machine's
    single-thread float32 matmul GFLOP/s (goal: ≥ 25 %).
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from sipl.env import apply_quiet_defaults  # noqa: E402
 
 apply_quiet_defaults()
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as `sipl train` sets it
 
 import torch  # noqa: E402
 
@@ -45,36 +46,43 @@ def matmul_gflops(threads: int = 1, n: int = 1024, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def step_time(model, batch: int, patch: int, repeats: int = 3) -> float:
-    """Median seconds of one training step (forward + backward) on random data."""
-    from sipl.losses import l1
+def step_time(model, recipe, batch: int, patch: int, repeats: int = 5) -> float:
+    """Median seconds of one training step (forward + backward) of ``recipe`` (the profile's ``train`` block, as
+    the trainer runs it) on random data."""
+    from sipl.train import step_module_for
 
+    step = step_module_for(model, recipe)
     lq, gt = torch.rand(batch, 3, patch, patch), torch.rand(batch, 3, patch, patch)
     times = []
     for i in range(repeats + 1):
         model.zero_grad(set_to_none=True)
         tic = time.perf_counter()
-        model.training_step(lq, gt, l1, preliminary_weight=0.5)["loss"].backward()
+        step(lq, gt)["loss"].backward()
         if i:
             times.append(time.perf_counter() - tic)
     return sorted(times)[len(times) // 2]
 
 
-def step_flops(model, batch: int, patch: int) -> int:
-    """FLOPs of one training step as counted by torch (convolutions, matmuls; forward + backward)."""
+def step_flops(model, recipe, batch: int, patch: int) -> int:
+    """FLOPs of one training step of ``recipe`` as counted by torch (convolutions, matmuls; forward + backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sipl.losses import l1
+    from sipl.train import step_module_for
 
+    step = step_module_for(model, recipe)
     lq, gt = torch.rand(batch, 3, patch, patch), torch.rand(batch, 3, patch, patch)
     with FlopCounterMode(display=False) as counter:
-        model.training_step(lq, gt, l1, preliminary_weight=0.5)["loss"].backward()
+        step(lq, gt)["loss"].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def ray_throughput(params_path: Path, workers: list[int], steps: int) -> dict[int, float]:
-    """samples/s of ``sipl.train.fit`` per worker count (same params, global batch and steps)."""
+def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
+                   loader_workers: int) -> dict[tuple[int, int], float]:
+    """samples/s of ``sipl.train.fit`` for each ``(workers, global batch)`` (same params and steps otherwise; each
+    Ray worker gets one CPU, one torch thread and ``loader_workers`` DataLoader processes)."""
+    import shutil
+
     import ray
 
     from sipl.config import load_params, parse_params
@@ -94,25 +102,26 @@ def ray_throughput(params_path: Path, workers: list[int], steps: int) -> dict[in
     else:
         shard_root = str(Path(ROOT, shard_root)) if not shard_root.startswith("s3://") else shard_root
         tasks = None
-    import shutil
-
     temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
-    ray.init(num_cpus=max(workers), include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    ray.init(num_cpus=max(count for count, _ in runs), include_dashboard=False, _temp_dir=temp_dir,
+             log_to_driver=False)
     out = {}
     try:
-        for count in workers:
+        for count, global_batch in runs:
             raw = base.model_dump(mode="json")
             raw["shards"]["root"] = shard_root
             if tasks:
                 raw["tasks"] = tasks
             train = raw["profiles"][raw["profile"]]["train"]
-            train.update({"steps": steps, "val_every": 10 ** 6, "checkpoint_every": 10 ** 6, "log_every": steps})
+            train.update({"steps": steps, "global_batch": global_batch, "max_worker_batch": None,
+                          "val_every": 10 ** 6, "checkpoint_every": 10 ** 6, "log_every": steps,
+                          "loader_workers": loader_workers})
             raw["ray"].update({"num_workers": count, "cpus_per_worker": 1, "threads_per_worker": 1,
                                "run_name": f"bench-{count}w-{time.time_ns()}"})
             project = Path(tempfile.mkdtemp(prefix="sipl-bench-run-"))
             projects.append(project)
             summary = fit(parse_params(raw, source="benchmark"), project_dir=project)
-            out[count] = summary["samples_per_s"]
+            out[(count, global_batch)] = summary["samples_per_s"]
     finally:
         ray.shutdown()
         for folder in [*projects, Path(temp_dir)]:
@@ -123,7 +132,10 @@ def ray_throughput(params_path: Path, workers: list[int], steps: int) -> dict[in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--steps", type=int, default=30, help="training steps per Ray run")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per Ray run")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="DataLoader processes per Ray worker (default 0: each worker is one process on one "
+                             "core, so 1 vs 2 workers compares 1 vs 2 cores; 1 lets a single worker use both)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray scaling measurement")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -141,20 +153,26 @@ def main() -> int:
     torch.manual_seed(0)
     sipl_model = build_model(model_cfg.backbone, model_cfg.size, sipl=True, **model_cfg.overrides)
     plain_model = build_model(model_cfg.backbone, model_cfg.size, sipl=False, **model_cfg.overrides)
-    figures["sipl_step_s"] = step_time(sipl_model, batch, cfg.patch)
-    figures["plain_step_s"] = step_time(plain_model, batch, cfg.patch)
+    figures["sipl_step_s"] = step_time(sipl_model, cfg, batch, cfg.patch)
+    figures["plain_step_s"] = step_time(plain_model, cfg, batch, cfg.patch)
     figures["sipl_over_plain"] = figures["sipl_step_s"] / figures["plain_step_s"]
-    flops = step_flops(sipl_model, batch, cfg.patch)
+    flops = step_flops(sipl_model, cfg, batch, cfg.patch)
     figures["sipl_step_gflop"] = flops / 1e9
     figures["train_gflops_1thread"] = flops / figures["sipl_step_s"] / 1e9
     figures["matmul_gflops_1thread"] = matmul_gflops(1)
     figures["train_fraction_of_matmul"] = figures["train_gflops_1thread"] / figures["matmul_gflops_1thread"]
 
     if not args.no_ray:
-        rates = ray_throughput(Path(args.params), [1, 2], args.steps)
-        figures["samples_per_s_1_worker"] = rates[1]
-        figures["samples_per_s_2_workers"] = rates[2]
-        figures["speedup_2_workers"] = rates[2] / rates[1] if rates[1] else float("nan")
+        # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
+        # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
+        rates = ray_throughput(Path(args.params), [(1, batch), (1, 2 * batch), (2, 2 * batch)], args.steps,
+                               args.loader_workers)
+        figures["loader_workers"] = args.loader_workers
+        figures["samples_per_s_1_worker"] = rates[(1, batch)]
+        figures["samples_per_s_1_worker_global_batch"] = rates[(1, 2 * batch)]
+        figures["samples_per_s_2_workers"] = rates[(2, 2 * batch)]
+        figures["speedup_2_workers"] = rates[(2, 2 * batch)] / rates[(1, batch)]
+        figures["speedup_2_workers_same_global_batch"] = rates[(2, 2 * batch)] / rates[(1, 2 * batch)]
 
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -167,8 +185,11 @@ def main() -> int:
           f"matmul {figures['matmul_gflops_1thread']:.2f} GFLOP/s -> "
           f"{100 * figures['train_fraction_of_matmul']:.0f} % (goal >= 25 %)")
     if not args.no_ray:
-        print(f"  Ray Train samples/s: 1 worker {figures['samples_per_s_1_worker']:.1f}, 2 workers "
+        print(f"  Ray Train samples/s ({args.loader_workers} loader process(es) per worker), {batch} samples per "
+              f"worker: 1 worker {figures['samples_per_s_1_worker']:.1f}, 2 workers "
               f"{figures['samples_per_s_2_workers']:.1f} -> {figures['speedup_2_workers']:.2f}x (goal >= 1.7x)")
+        print(f"  same global batch {2 * batch}: 1 worker {figures['samples_per_s_1_worker_global_batch']:.1f} "
+              f"-> 2 workers {figures['speedup_2_workers_same_global_batch']:.2f}x")
     return 0
 
 

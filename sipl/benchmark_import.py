@@ -25,9 +25,9 @@ import numpy as np
 
 from sipl.errors import SiplError
 from sipl.imageio import IMAGE_SUFFIXES, read_rgb
+from sipl.seeding import derive_seed
 from sipl.shards import MANIFEST, SKIPPED, Sample, write_json, write_task_shards, join, sample_key
 from sipl.sources import safe_id
-from sipl.synthesize import derive_seed
 
 CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
                "low_haze_rain", "low_haze_snow")

@@ -8,7 +8,6 @@ object (each PUT is atomic) with the manifest last, so a reader never sees a man
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -22,18 +21,13 @@ import numpy as np
 
 from sipl.config import Params, SplitCropConfig, TaskConfig
 from sipl.errors import SiplError
+from sipl.seeding import derive_seed
 from sipl.shards import (MANIFEST, SKIPPED, SPLITS, Sample, is_remote, join, sample_key, write_json,
                          write_task_shards)
 from sipl.sources import SourceImage, Skipped, assign_splits, load_sources
 
 # With shards on S3, the manifest and the skipped list are mirrored here so the DVC stage has a local output.
 LOCAL_INDEX_DIR = "data/shards"
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from the given parts (stable across Python versions and processes; no global RNG)."""
-    digest = hashlib.sha256("|".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def crop_boxes(shape: tuple[int, ...], crop: SplitCropConfig, rng: np.random.Generator | None,

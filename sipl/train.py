@@ -32,6 +32,7 @@ import torch
 from sipl.checkpoint import (export_weights, load_training_state, save_model, save_training_state,
                              write_json_atomic, write_text_atomic)
 from sipl.errors import SiplError
+from sipl.seeding import derive_seed
 
 log = logging.getLogger("sipl.train")
 
@@ -54,10 +55,11 @@ class _StepModule(torch.nn.Module):
         self.pixel_loss = pixel_loss
         self.step_options = step_options
 
-    def forward(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, lq: torch.Tensor, gt: torch.Tensor,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if not getattr(self.model, "sipl", False):
             return self.model.training_step(lq, gt, self.pixel_loss)
-        return self.model.training_step(lq, gt, self.pixel_loss, **self.step_options)
+        return self.model.training_step(lq, gt, self.pixel_loss, generator=generator, **self.step_options)
 
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
@@ -67,6 +69,27 @@ def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
                        random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
                        privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share)
+
+
+class Throughput:
+    """Training samples/s of one run, data loading included. The run's first step is left out once a second one
+    exists: it fills the shuffle buffer, builds DDP's buckets and warms the thread pools, which says nothing about
+    the steady rate (and on a short run would dominate it)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, float] | None = None
+        self.samples, self.seconds = 0, 0.0
+
+    def add(self, samples: int, seconds: float) -> None:
+        if self.first is None:
+            self.first = (samples, seconds)
+        else:
+            self.samples += samples
+            self.seconds += seconds
+
+    def samples_per_s(self) -> float:
+        samples, seconds = (self.samples, self.seconds) if self.seconds > 0 else (self.first or (0, 0.0))
+        return samples / seconds if seconds > 0 else 0.0
 
 
 @torch.no_grad()
@@ -122,12 +145,17 @@ def validate(model: torch.nn.Module, val_sets: dict[str, list[tuple[np.ndarray, 
 
 
 def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]], device: torch.device,
-                         autocast=None) -> dict[str, float]:
+                         autocast=None, step_seed: int | None = None) -> dict[str, float]:
     """Forward/backward over the micro-batches of one optimiser step; gradients accumulate in ``.grad``.
 
     Each micro-batch loss is divided by the number of micro-batches, so the gradient is that of the mean loss over
     the worker's batch; DDP (if ``wrapped`` is one) all-reduces only on the last micro-batch. Returns the mean of
-    each loss term (floats)."""
+    each loss term (floats).
+
+    ``step_seed``: every micro-batch of every rank draws the step's random choices (``self_privileged``, the
+    ``preliminary_share`` split, ``random_proxy``) from a generator seeded with it. The same draw everywhere keeps
+    the ranks' step costs equal (an independent draw per rank makes the fast rank wait at the all-reduce) and
+    keeps one worker × accumulation equal to several workers; ``None`` uses torch's global generator."""
     from sipl.data import to_float
 
     terms: dict[str, float] = {}
@@ -137,8 +165,9 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
         last = index == count - 1
         sync = wrapped.no_sync() if not last and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
         with sync:
+            generator = torch.Generator().manual_seed(step_seed) if step_seed is not None else None
             with autocast or contextlib.nullcontext():
-                out = wrapped(lq, gt)
+                out = wrapped(lq, gt, generator)
             (out["loss"] / count).backward()
         for name, value in out.items():
             terms[name] = terms.get(name, 0.0) + float(value.detach()) / count
@@ -294,7 +323,6 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
-    torch.manual_seed(params.seed * 1000 + rank)  # per-rank stream for stochastic layers (random proxy)
 
     state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0,
                              "wall_s": 0.0, "val": {}, "resumed_from": []}
@@ -336,7 +364,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     metrics: dict[str, Any] = {"step": start_step}
     wall_start = time.perf_counter()
     wall_before = float(state["wall_s"])
-    run_samples, run_train_s = 0, 0.0
+    throughput = Throughput()
 
     def save_and_report(step: int, extra: dict[str, Any]) -> None:
         checksum = _all_gather_objects(_param_checksum(model), world)
@@ -364,7 +392,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         optimizer.zero_grad(set_to_none=True)
         tic = time.perf_counter()
         batches = [next(loader) for _ in range(accumulation)]
-        terms = accumulate_gradients(wrapped, batches, device, autocast)
+        terms = accumulate_gradients(wrapped, batches, device, autocast, derive_seed(params.seed, "train-step", step))
         keys = [k for b in batches for k in b["keys"]]
         skipped = sum(b["skipped"] for b in batches)
         names = sorted(terms)
@@ -391,8 +419,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         state["step"] = step
         state["skipped_samples"] += int(packed[len(names) + 1])
         state["samples"] += plan["global_batch"]
-        run_samples += plan["global_batch"]
-        run_train_s += time.perf_counter() - tic
+        throughput.add(plan["global_batch"], time.perf_counter() - tic)
         for i, name in enumerate(names):
             window.setdefault(name, []).append(float(packed[i]) / world)
         window.setdefault("lr", []).append(lr)
@@ -405,7 +432,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                    "lr": window["lr"][-1]}
             window = {}
             if rank == 0:
-                speed = run_samples / max(run_train_s, 1e-9)
+                speed = throughput.samples_per_s()
                 elapsed = time.perf_counter() - step_start
                 eta = elapsed / max(1, step - start_step) * (total - step)
                 losses = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(LOSS_PREFIX))
@@ -424,25 +451,26 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
             extra: dict[str, Any] = {k: v for k, v in (state["history"][-1] if state["history"] else {}).items()
                                      if k != "step"}
             if step == total:
-                extra["summary"] = summary_of(state, run_samples, run_train_s, wall_before, wall_start)
+                extra["summary"] = summary_of(state, throughput, wall_before, wall_start)
             save_and_report(step, extra)
             last_checkpoint = step
             if step == stop_at:
                 return metrics
     if start_step >= total:
         # Restored a finished run: report its final state again so the driver can export it.
-        save_and_report(total, {"summary": restored_summary or summary_of(state, 0, 0.0, wall_before, wall_start)})
+        fallback = summary_of(state, Throughput(), wall_before, wall_start)
+        save_and_report(total, {"summary": restored_summary or fallback})
     return metrics
 
 
-def summary_of(state: dict[str, Any], run_samples: int, run_train_s: float, wall_before: float,
+def summary_of(state: dict[str, Any], throughput: Throughput, wall_before: float,
                wall_start: float) -> dict[str, Any]:
     """The ``metrics/train.json`` content from the loop state (rank 0)."""
     last = next((row for row in reversed(state["history"]) if any(k.startswith(LOSS_PREFIX) for k in row)), {})
     return {
         "steps": int(state["step"]),
         "wall_s": round(wall_before + time.perf_counter() - wall_start, 3),
-        "samples_per_s": round(run_samples / run_train_s, 3) if run_train_s > 0 else 0.0,
+        "samples_per_s": round(throughput.samples_per_s(), 3),
         "skipped_samples": int(state["skipped_samples"]),
         "val": {t: {"psnr": round(v["psnr"], 4), "input_psnr": round(v["input_psnr"], 4),
                     "step0_psnr": round(v["step0_psnr"], 4)} for t, v in state["val"].items()},
@@ -614,7 +642,7 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: Path, params) -> dict[str
     from sipl.models import build_model
 
     weights, info = export_weights(checkpoint_dir)
-    summary = info.get("summary") or summary_of(info, 0, 0.0, float(info.get("wall_s", 0.0)), time.perf_counter())
+    summary = info.get("summary") or summary_of(info, Throughput(), float(info.get("wall_s", 0.0)), time.perf_counter())
     model = build_model(**info["model_config"])
     try:
         model.load_state_dict(weights)

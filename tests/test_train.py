@@ -14,7 +14,7 @@ from sipl.config import parse_params
 from sipl.errors import SiplError
 from sipl.losses import charbonnier, fft_l1, l1, pixel_loss
 from sipl.schedule import batch_plan, learning_rate
-from sipl.train import LocalSession, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from sipl.train import LocalSession, Throughput, _StepModule, accumulate_gradients, export, make_spec, train_worker
 from tests.test_data import make_shards, tiny_params
 
 torch.set_num_threads(1)
@@ -75,7 +75,22 @@ def test_psnr_loss_is_the_mean_per_image_psnr():
     assert float(pixel_loss(0, 0, 0, 0.1)(pred, target)) == pytest.approx(0.1 * float(psnr_loss(pred, target)))
 
 
-def test_global_batch_invariance():
+def test_throughput_leaves_out_the_first_step_once_there_is_another():
+    meter = Throughput()
+    assert meter.samples_per_s() == 0.0
+    meter.add(8, 4.0)  # start-up: shuffle buffer, DDP buckets
+    assert meter.samples_per_s() == pytest.approx(2.0)
+    meter.add(8, 0.5)
+    meter.add(8, 0.5)
+    assert meter.samples_per_s() == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("options", [
+    {"preliminary_weight": 0.5, "random_proxy": False},
+    # every random choice of the step drawn from the step's seed: the same on every micro-batch and every rank
+    {"preliminary_weight": 0.5, "random_proxy": True, "self_privileged": 0.5, "preliminary_share": 0.5},
+], ids=["official", "stochastic-options"])
+def test_global_batch_invariance(options):
     """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients)."""
     from sipl.models import build_model
 
@@ -89,10 +104,11 @@ def test_global_batch_invariance():
     assert one.accumulation == 2 and one.micro_batch == two.micro_batch == 2
 
     single = copy.deepcopy(model)
-    accumulate_gradients(_StepModule(single, l1, preliminary_weight=0.5, random_proxy=False), halves, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    accumulate_gradients(_StepModule(single, l1, **options), halves, cpu, step_seed=7)
     replicas = [copy.deepcopy(model) for _ in range(2)]
     for replica, half in zip(replicas, halves):
-        accumulate_gradients(_StepModule(replica, l1, preliminary_weight=0.5, random_proxy=False), [half], torch.device("cpu"))
+        accumulate_gradients(_StepModule(replica, l1, **options), [half], cpu, step_seed=7)
     for p_single, p_a, p_b in zip(single.parameters(), *(r.parameters() for r in replicas)):
         if p_single.grad is None:
             assert p_a.grad is None and p_b.grad is None
