@@ -42,13 +42,6 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _model_args(model_cfg, sipl: bool | None = None) -> dict:
-    args = {"backbone": model_cfg.backbone, "size": model_cfg.size, "sipl": model_cfg.sipl, **model_cfg.overrides}
-    if sipl is not None:
-        args["sipl"] = sipl
-    return args
-
-
 def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, patch: int, steps: int,
                  warmup: int, device: torch.device, bf16: bool) -> dict:
     """Median time of optimiser steps of ``global_batch`` samples split into micro-batches of ``micro_batch``.
@@ -215,11 +208,11 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "profile": "tiny" if args.smoke else args.profile,
-                    "model": _model_args(model_cfg), "train": {}, "inference": None}
+                    "model": model_cfg.build_arguments(), "train": {}, "inference": None}
     recipes = {
-        "plain": (_model_args(model_cfg, sipl=False), recipe),
-        f"sipl {recipe.privileged_source}": (_model_args(model_cfg), recipe),
-        "sipl ground_truth+share": (_model_args(model_cfg),
+        "plain": (model_cfg.build_arguments(sipl=False), recipe),
+        f"sipl {recipe.privileged_source}": (model_cfg.build_arguments(), recipe),
+        "sipl ground_truth+share": (model_cfg.build_arguments(),
                                     recipe.model_copy(update={"privileged_source": "ground_truth",
                                                               "preliminary_share": 0.5})),
     }
@@ -228,7 +221,7 @@ def main() -> int:
                                                     steps=steps, warmup=warmup, device=device, bf16=recipe.bf16)
         _write(result, args.out)
         print(f"[{time.strftime('%H:%M:%S')}] train {name} done", flush=True)
-    result["inference"] = inference_times(_model_args(model_cfg), side, args.max_steps, repeats, device,
+    result["inference"] = inference_times(model_cfg.build_arguments(), side, args.max_steps, repeats, device,
                                           recipe.bf16)
     _write(result, args.out)
     _print_table(result)

@@ -151,8 +151,8 @@ def main() -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sipl_model = build_model(model_cfg.backbone, model_cfg.size, sipl=True, **model_cfg.overrides)
-    plain_model = build_model(model_cfg.backbone, model_cfg.size, sipl=False, **model_cfg.overrides)
+    sipl_model = build_model(**model_cfg.build_arguments(sipl=True))
+    plain_model = build_model(**model_cfg.build_arguments(sipl=False))
     figures["sipl_step_s"] = step_time(sipl_model, cfg, batch, cfg.patch)
     figures["plain_step_s"] = step_time(plain_model, cfg, batch, cfg.patch)
     figures["sipl_over_plain"] = figures["sipl_step_s"] / figures["plain_step_s"]

@@ -124,6 +124,11 @@ class ModelConfig(_Strict):
     sipl: bool = True
     overrides: dict[str, Any] = Field(default_factory=dict)
 
+    def build_arguments(self, sipl: bool | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``build_model`` (``sipl`` given: that mode instead, e.g. the plain baseline)."""
+        return {"backbone": self.backbone, "size": self.size, "sipl": self.sipl if sipl is None else sipl,
+                **self.overrides}
+
 
 class LossConfig(_Strict):
     l1: float = Field(1.0, ge=0.0)

@@ -318,8 +318,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         torch.set_num_threads(int(spec["threads"]))
 
     torch.manual_seed(params.seed)
-    model = build_model(backbone=model_cfg.backbone, size=model_cfg.size, sipl=model_cfg.sipl,
-                        **model_cfg.overrides).to(device)
+    model = build_model(**model_cfg.build_arguments()).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)

@@ -21,6 +21,13 @@ def test_repository_params_are_valid_and_select_the_profile():
     assert parse_params(raw).model.backbone == "promptir"
 
 
+def test_model_build_arguments_carry_the_overrides():
+    model = load_params(REPO_ROOT / "params.yaml").model
+    assert model.build_arguments() == {"backbone": model.backbone, "size": model.size, "sipl": True,
+                                       **model.overrides}
+    assert model.build_arguments(sipl=False)["sipl"] is False
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["shards"].update(encodng="npy"), "shards.encodng: unknown key"),
     (lambda r: r.update(profile="huge"), "profile: got 'huge'; allowed: 'tiny', 'small' or 'paper'"),
