@@ -6,7 +6,10 @@ Measured in one run:
    reference, 1 worker on the 2-worker global batch (strong scaling);
 2. one training step (forward + backward) of the SIPL model vs the plain backbone, same backbone and batch;
 3. the FLOPs of a SIPL training step (torch's FlopCounterMode) divided by its time, next to the machine's
-   single-thread float32 matmul GFLOP/s (goal: ≥ 25 %).
+   single-thread float32 matmul GFLOP/s (goal: ≥ 25 %);
+4. the ceiling the machine itself puts on part 1: the same SIPL step timed in one process alone and in two
+   processes at once (1 thread each, no Ray, no communication, identical work). Cores that share caches, memory
+   bandwidth or a host's hyper-threads slow each other down; no data-parallel framework can beat that ratio.
 
 Run from the project root: ``.venv/bin/python benchmarks/train.py`` (``--no-ray`` skips part 1, ``--json`` prints
 the figures as JSON). Uses ``data/shards`` when it exists, otherwise small synthetic shards in a temp folder.
@@ -77,6 +80,50 @@ def step_flops(model, recipe, batch: int, patch: int) -> int:
     return counter.get_total_flops()
 
 
+def _concurrent_steps(model_args: dict, recipe, batch: int, patch: int, steps: int, barrier, results) -> None:
+    """One process of ``concurrent_scaling``: times ``steps`` SIPL training steps after ``barrier``."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    from sipl.models import build_model
+    from sipl.train import step_module_for
+
+    model = build_model(**model_args)
+    step = step_module_for(model, recipe)
+    lq, gt = torch.rand(batch, 3, patch, patch), torch.rand(batch, 3, patch, patch)
+    times = []
+    for i in range(-2, steps):  # two warm-up steps
+        if i == 0:
+            barrier.wait()
+        model.zero_grad(set_to_none=True)
+        tic = time.perf_counter()
+        # the same step-seeded choices in every process, so each does identical work
+        step(lq, gt, torch.Generator().manual_seed(max(i, 0)))["loss"].backward()
+        times.append(time.perf_counter() - tic)
+    results.put(sum(times[2:]))
+
+
+def concurrent_scaling(model_args: dict, recipe, batch: int, patch: int, steps: int = 20) -> dict[str, float]:
+    """Seconds per SIPL step in 1 process alone and in 2 processes at once, and the throughput ratio 2 processes /
+    1 process (2.0 = no contention between the cores)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    seconds = {}
+    for count in (1, 2):
+        barrier, results = context.Barrier(count), context.Queue()
+        workers = [context.Process(target=_concurrent_steps,
+                                   args=(model_args, recipe, batch, patch, steps, barrier, results))
+                   for _ in range(count)]
+        for worker in workers:
+            worker.start()
+        totals = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        seconds[count] = max(totals) / steps
+    return {"step_s_1_process": seconds[1], "step_s_2_processes": seconds[2],
+            "speedup_2_processes": 2 * seconds[1] / seconds[2]}
+
+
 def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
                    loader_workers: int) -> dict[tuple[int, int], float]:
     """samples/s of ``sipl.train.fit`` for each ``(workers, global batch)`` (same params and steps otherwise; each
@@ -102,9 +149,6 @@ def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
     else:
         shard_root = str(Path(ROOT, shard_root)) if not shard_root.startswith("s3://") else shard_root
         tasks = None
-    temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
-    ray.init(num_cpus=max(count for count, _ in runs), include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False)
     out = {}
     try:
         for count, global_batch in runs:
@@ -120,11 +164,19 @@ def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
                                "run_name": f"bench-{count}w-{time.time_ns()}"})
             project = Path(tempfile.mkdtemp(prefix="sipl-bench-run-"))
             projects.append(project)
-            summary = fit(parse_params(raw, source="benchmark"), project_dir=project)
+            # A fresh local Ray instance per run, as `sipl train` starts one: Ray Train's helper actors of an
+            # earlier run (placement-group cleaner, coordinators) would otherwise still take CPU from this one.
+            temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
+            projects.append(Path(temp_dir))
+            ray.init(num_cpus=max(c for c, _ in runs), include_dashboard=False, _temp_dir=temp_dir,
+                     log_to_driver=False)
+            try:
+                summary = fit(parse_params(raw, source="benchmark"), project_dir=project)
+            finally:
+                ray.shutdown()
             out[(count, global_batch)] = summary["samples_per_s"]
     finally:
-        ray.shutdown()
-        for folder in [*projects, Path(temp_dir)]:
+        for folder in projects:
             shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -136,6 +188,8 @@ def main() -> int:
     parser.add_argument("--loader-workers", type=int, default=0,
                         help="DataLoader processes per Ray worker (default 0: each worker is one process on one "
                              "core, so 1 vs 2 workers compares 1 vs 2 cores; 1 lets a single worker use both)")
+    parser.add_argument("--concurrent-steps", type=int, default=20,
+                        help="SIPL steps per process for the machine's 1-vs-2-process ceiling")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray scaling measurement")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -162,6 +216,9 @@ def main() -> int:
     figures["matmul_gflops_1thread"] = matmul_gflops(1)
     figures["train_fraction_of_matmul"] = figures["train_gflops_1thread"] / figures["matmul_gflops_1thread"]
 
+    figures.update(concurrent_scaling(model_cfg.build_arguments(sipl=True), cfg, batch, cfg.patch,
+                                      args.concurrent_steps))
+
     if not args.no_ray:
         # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
         # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
@@ -184,6 +241,9 @@ def main() -> int:
     print(f"  SIPL step: {figures['sipl_step_gflop']:.2f} GFLOP -> {figures['train_gflops_1thread']:.2f} GFLOP/s; "
           f"matmul {figures['matmul_gflops_1thread']:.2f} GFLOP/s -> "
           f"{100 * figures['train_fraction_of_matmul']:.0f} % (goal >= 25 %)")
+    print(f"  the machine's ceiling, same SIPL step, no Ray: 1 process {figures['step_s_1_process'] * 1e3:.0f} ms, 2 "
+          f"processes at once {figures['step_s_2_processes'] * 1e3:.0f} ms each -> "
+          f"{figures['speedup_2_processes']:.2f}x")
     if not args.no_ray:
         print(f"  Ray Train samples/s ({args.loader_workers} loader process(es) per worker), {batch} samples per "
               f"worker: 1 worker {figures['samples_per_s_1_worker']:.1f}, 2 workers "

@@ -135,6 +135,7 @@ class LossConfig(_Strict):
     charbonnier: float = Field(0.0, ge=0.0)
     fft: float = Field(0.0, ge=0.0)
     psnr: float = Field(0.0, ge=0.0, description="weight of the per-image log10(MSE) loss (sipl.losses.psnr_loss)")
+    rmse: float = Field(0.0, ge=0.0, description="weight of the per-image sqrt(MSE) loss (sipl.losses.rmse_loss)")
     preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
 
 
@@ -165,6 +166,9 @@ class TrainConfig(_Strict):
         "null: the preliminary loss restores every sample once more (one extra decoder pass with gradients); a share "
         "in (0, 1): that share of each worker batch takes the dictionary-only path inside the one decoder pass"))
     task_weights: dict[str, float] | None = Field(None, description="per task; null = equal weight per family")
+    identity_share: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "share of training samples given as clean input -> clean target, so the model learns to leave undegraded "
+        "content (and mildly degraded content it cannot improve) as it is"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)

@@ -194,6 +194,7 @@ class StreamConfig:
     start_step: int = 0
     shuffle_buffer: int = 256
     corrupt_samples: str = "skip"
+    identity_share: float = 0.0
 
 
 class _Corrupt(Exception):
@@ -204,7 +205,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Infinite stream of mixed-task training pairs for one rank.
 
     Yields dicts ``{"lq", "gt"}`` (uint8 patch×patch×3 arrays), ``"key"``, ``"task"`` and ``"skipped"`` (corrupt
-    samples or shards skipped by this reading slot since the previous yield)."""
+    samples or shards skipped by this reading slot since the previous yield). With ``identity_share`` > 0 that share
+    of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -265,12 +267,16 @@ class TrainStream(torch.utils.data.IterableDataset):
         streams = {t: self._task_samples(i, t, slot, slots) for i, t in enumerate(tasks)}
         mixer = np.random.default_rng([cfg.seed, _MIX_STREAM, cfg.rank, worker, cfg.start_step])
         crops = np.random.default_rng([cfg.seed, _MIX_STREAM + 1, cfg.rank, worker, cfg.start_step])
+        identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             sample = next(streams[task])
             lq, gt = paired_crop_flip(sample.lq, sample.gt, cfg.patch, crops, sample.key)
+            key = sample.key
+            if cfg.identity_share > 0 and identity.random() < cfg.identity_share:
+                lq, key = gt, f"{key}#clean"
             skipped, self._skipped = self._skipped, 0
-            yield {"lq": lq, "gt": gt, "key": sample.key, "task": task, "skipped": skipped}
+            yield {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The model benchmark runs end to end on a tiny model (its figures are not checked, only that every case runs)."""
+"""The benchmarks run end to end on tiny settings (their figures are not checked, only that every case runs)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def test_every_timed_case_runs(tmp_path):
         assert row[f"{case}_x"] > 0
     for case in ("w0", "w0.5", "w0.5_share", "gt_w0", "gt_w0.5", "gt_w0.5_share"):
         assert row[f"train_sipl_{case}_vs_train_plain"] > 0
+
+
+def test_train_benchmark_without_ray_reports_every_figure():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--no-ray", "--json",
+                             "--concurrent-steps", "2"], check=True, cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    figures = json.loads(result.stdout[result.stdout.index("{"):])
+    assert figures["sipl_step_s"] > 0 and figures["plain_step_s"] > 0 and figures["sipl_step_gflop"] > 0
+    assert 0 < figures["train_fraction_of_matmul"]
+    # two processes at once can neither take less time per step than none at all nor reach more than 2x
+    assert figures["step_s_2_processes"] > 0 and 0 < figures["speedup_2_processes"] <= 2.5

@@ -190,6 +190,21 @@ def test_stream_respects_weights(shards):
     assert 0.8 < share < 0.97
 
 
+def test_stream_identity_share_gives_clean_pairs_without_changing_the_rest(shards):
+    plain = _take(_stream(shards), 200)
+    mixed = _take(_stream(shards, identity_share=0.25), 200)
+    clean = [i for i in mixed if i["key"].endswith("#clean")]
+    assert 0.15 < len(clean) / len(mixed) < 0.35
+    assert all(np.array_equal(i["lq"], i["gt"]) for i in clean)
+    # the identity draw has its own generator: tasks, samples and crops are those of the plain stream
+    for a, b in zip(plain, mixed):
+        assert (a["task"], a["key"]) == (b["task"], b["key"].removesuffix("#clean"))
+        assert np.array_equal(a["gt"], b["gt"])
+        if not b["key"].endswith("#clean"):
+            assert np.array_equal(a["lq"], b["lq"])
+    assert not any(i["key"].endswith("#clean") for i in plain)
+
+
 def test_stream_skips_corrupt_samples(shards):
     # replace one sample's lq member with garbage bytes inside an otherwise valid tar
     import io

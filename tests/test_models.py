@@ -194,6 +194,18 @@ def test_output_init_starts_near_the_identity():
     assert model.config["output_init"] == 1e-3
 
 
+def test_output_bias_off_has_no_constant_output_offset():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, output_bias=False)
+    assert model.backbone.ending.bias is None and "backbone.ending.bias" not in model.state_dict()
+    assert model.config["output_bias"] is False
+    # the last conv is then linear in its features: zero features give exactly zero residual, whatever the weights
+    features = torch.zeros(1, model.backbone.ending.in_channels, 8, 8)
+    assert torch.equal(model.backbone.ending(features), torch.zeros(1, 3, 8, 8))
+    biased = build_model("nafnet", "tiny", sipl=True)
+    assert biased.backbone.ending.bias is not None
+
+
 def test_plain_training_step():
     torch.manual_seed(0)
     model = build_model("nafnet", "tiny", sipl=False)

@@ -75,6 +75,21 @@ def test_psnr_loss_is_the_mean_per_image_psnr():
     assert float(pixel_loss(0, 0, 0, 0.1)(pred, target)) == pytest.approx(0.1 * float(psnr_loss(pred, target)))
 
 
+def test_rmse_loss_pulls_every_image_equally_hard():
+    from sipl.losses import rmse_loss
+
+    target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
+    pred = target + torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * scales
+    per_image = (pred - target).square().flatten(1).mean(1).sqrt()
+    assert float(rmse_loss(pred, target)) == pytest.approx(float(per_image.mean()), rel=1e-5)
+    # d sqrt(mean(e^2)) / de = e / (n * rmse): norm 1 / (images * sqrt(n)) for every image, whatever its error
+    norms = torch.autograd.functional.jacobian(lambda p: rmse_loss(p, target), pred).flatten(1).norm(dim=1)
+    expected = 1 / (3 * (3 * 16 * 16) ** 0.5)
+    assert norms.tolist() == pytest.approx([expected] * 3, rel=1e-4)
+    assert float(pixel_loss(0, 0, 0, 0, 0.5)(pred, target)) == pytest.approx(0.5 * float(rmse_loss(pred, target)))
+
+
 def test_throughput_leaves_out_the_first_step_once_there_is_another():
     meter = Throughput()
     assert meter.samples_per_s() == 0.0

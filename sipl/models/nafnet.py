@@ -73,10 +73,14 @@ class NAFNet(Backbone):
     multiple = 8
 
     def __init__(self, width: int = 16, enc_blocks: Sequence[int] = (1, 1, 2), middle_blocks: int = 2,
-                 dec_blocks: Sequence[int] = (1, 1, 1), output_init: float = 1.0) -> None:
+                 dec_blocks: Sequence[int] = (1, 1, 1), output_init: float = 1.0, output_bias: bool = True) -> None:
         """``output_init`` scales the initial weights of the last conv (bias zeroed when < 1): small values start the
         network as almost the identity through its global residual, so short trainings begin at the input's PSNR
-        instead of below it; gradients still reach every layer (unlike an exactly-zero init)."""
+        instead of below it; gradients still reach every layer (unlike an exactly-zero init).
+
+        ``output_bias=False`` builds the last conv without a bias. That bias adds one constant to every pixel of
+        every image: it learns the training mix's average correction (haze, rain and snow removal all darken), which
+        a blind all-in-one model then applies to clean and mildly degraded inputs as well."""
         super().__init__()
         if len(enc_blocks) != 3 or len(dec_blocks) != 3:
             raise ValueError("nafnet: enc_blocks and dec_blocks need 3 entries (levels 1, 2, 3)")
@@ -92,11 +96,12 @@ class NAFNet(Backbone):
             for i in range(3)
         ])
         self.decoders = nn.ModuleList([_stage(w * 2**i, n) for i, n in enumerate(dec_blocks)])
-        self.ending = nn.Conv2d(w, 3, 3, padding=1)
+        self.ending = nn.Conv2d(w, 3, 3, padding=1, bias=output_bias)
         if output_init != 1.0:
             with torch.no_grad():
                 self.ending.weight.mul_(output_init)
-                self.ending.bias.zero_()
+                if output_bias:
+                    self.ending.bias.zero_()
 
     def _encode(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
         x = self.intro(image)
