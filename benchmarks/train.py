@@ -7,7 +7,9 @@ Measured in one run:
 2. one training step (forward + backward) of the SIPL model vs the plain backbone, same backbone and batch;
 3. the FLOPs of a SIPL training step (torch's FlopCounterMode) divided by its time, next to the machine's
    single-thread float32 matmul GFLOP/s (goal: ≥ 25 %);
-4. the ceiling the machine itself puts on part 1: the same SIPL step timed in one process alone and in two
+4. the same training loop (``sipl.train.train_worker``: data streaming, DDP, optimiser) in 1 and 2 plain
+   ``torch.distributed`` (gloo) processes without Ray, which separates what the loop costs from what Ray costs;
+5. the ceiling the machine itself puts on part 1: the same SIPL step timed in one process alone and in two
    processes at once (1 thread each, no Ray, no communication, identical work). Cores that share caches, memory
    bandwidth or a host's hyper-threads slow each other down; no data-parallel framework can beat that ratio.
 
@@ -124,6 +126,69 @@ def concurrent_scaling(model_args: dict, recipe, batch: int, patch: int, steps: 
             "speedup_2_processes": 2 * seconds[1] / seconds[2]}
 
 
+class _DDPSession:
+    """A ``train_worker`` session over plain torch.distributed: DDP wrap, no checkpoints."""
+
+    def restore(self, load):
+        return None
+
+    def prepare(self, module, find_unused_parameters=False):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return module
+        return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused_parameters)
+
+    def report(self, metrics, checkpoint_dir):
+        pass
+
+
+def _ddp_rank(rank: int, world: int, port: int, spec: dict, results) -> None:
+    import torch.distributed as dist
+
+    from sipl.train import train_worker
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        metrics = train_worker(spec, rank, world, _DDPSession())
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        results.put(metrics["summary"]["samples_per_s"])
+
+
+def ddp_throughput(params, steps: int, worker_batch: int) -> dict[int, float]:
+    """samples/s of ``train_worker`` in 1 and 2 gloo processes (1 thread, no DataLoader process, ``worker_batch``
+    samples per process), without Ray."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from sipl.train import make_spec
+
+    out = {}
+    for world in (1, 2):
+        raw = params.model_dump(mode="json")
+        raw["shards"]["root"] = str(Path(ROOT, params.shards.root))
+        raw["profiles"][raw["profile"]]["train"].update({
+            "steps": steps, "global_batch": worker_batch * world, "max_worker_batch": None, "val_every": 10 ** 6,
+            "checkpoint_every": 10 ** 6, "log_every": steps, "loader_workers": 0})
+        from sipl.config import parse_params
+
+        spec = make_spec(parse_params(raw, source="benchmark"), num_workers=world)
+        spec["threads"] = 1
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        results = mp.get_context("spawn").SimpleQueue()
+        mp.spawn(_ddp_rank, args=(world, port, spec, results), nprocs=world, join=True)
+        out[world] = results.get()
+    return out
+
+
 def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
                    loader_workers: int) -> dict[tuple[int, int], float]:
     """samples/s of ``sipl.train.fit`` for each ``(workers, global batch)`` (same params and steps otherwise; each
@@ -220,6 +285,11 @@ def main() -> int:
                                       args.concurrent_steps))
 
     if not args.no_ray:
+        if Path(ROOT, params.shards.root, "manifest.json").is_file():
+            loop = ddp_throughput(params, args.steps, batch)
+            figures["samples_per_s_1_process_no_ray"] = loop[1]
+            figures["samples_per_s_2_processes_no_ray"] = loop[2]
+            figures["speedup_2_processes_no_ray"] = loop[2] / loop[1]
         # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
         # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
         rates = ray_throughput(Path(args.params), [(1, batch), (1, 2 * batch), (2, 2 * batch)], args.steps,
@@ -244,6 +314,11 @@ def main() -> int:
     print(f"  the machine's ceiling, same SIPL step, no Ray: 1 process {figures['step_s_1_process'] * 1e3:.0f} ms, 2 "
           f"processes at once {figures['step_s_2_processes'] * 1e3:.0f} ms each -> "
           f"{figures['speedup_2_processes']:.2f}x")
+    if "speedup_2_processes_no_ray" in figures:
+        print(f"  the training loop in plain torch.distributed (gloo) processes, no Ray: 1 process "
+              f"{figures['samples_per_s_1_process_no_ray']:.1f}, 2 processes "
+              f"{figures['samples_per_s_2_processes_no_ray']:.1f} samples/s -> "
+              f"{figures['speedup_2_processes_no_ray']:.2f}x")
     if not args.no_ray:
         print(f"  Ray Train samples/s ({args.loader_workers} loader process(es) per worker), {batch} samples per "
               f"worker: 1 worker {figures['samples_per_s_1_worker']:.1f}, 2 workers "
