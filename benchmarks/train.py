@@ -13,7 +13,7 @@ Measured in one run:
    processes at once (1 thread each, no Ray, no communication, identical work). Cores that share caches, memory
    bandwidth or a host's hyper-threads slow each other down; no data-parallel framework can beat that ratio.
 
-Run from the project root: ``.venv/bin/python benchmarks/train.py`` (``--no-ray`` skips part 1, ``--json`` prints
+Run from the project root: ``.venv/bin/python benchmarks/train.py`` (``--no-ray`` skips parts 1 and 4, ``--json`` prints
 the figures as JSON). Uses ``data/shards`` when it exists, otherwise small synthetic shards in a temp folder.
 """
 
@@ -160,7 +160,52 @@ def _ddp_rank(rank: int, world: int, port: int, spec: dict, results) -> None:
         results.put(metrics["summary"]["samples_per_s"])
 
 
-def ddp_throughput(params, steps: int, worker_batch: int) -> dict[int, float]:
+class _BenchmarkData:
+    """The shards the scaling runs train on: ``data/shards`` when synthesized, else small synthetic shards in a temp
+    folder (removed by ``cleanup``). ``run_params`` gives one run's validated params."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+        self.folders: list[Path] = []
+        shard_root = base.shards.root
+        self.tasks = None
+        if shard_root.startswith("s3://"):
+            self.shard_root = shard_root
+        elif Path(ROOT, shard_root, "manifest.json").is_file():
+            self.shard_root = str(Path(ROOT, shard_root))
+        else:
+            from tests.test_data import make_shards
+
+            self.folders.append(Path(tempfile.mkdtemp(prefix="sipl-bench-")))
+            self.shard_root = str(make_shards(self.folders[-1] / "shards", size=96,
+                                              samples={"denoise": 64, "lowlight": 64}))
+            self.tasks = {"denoise": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
+                          "lowlight": {"family": "lowlight", "steps": [{"name": "low_light"}]}}
+
+    def run_params(self, workers: int, global_batch: int, steps: int, loader_workers: int):
+        """Params of one timed run: ``steps`` steps of ``global_batch`` on ``workers`` workers × 1 CPU × 1 thread,
+        no validation or checkpoint before the end."""
+        from sipl.config import parse_params
+
+        raw = self.base.model_dump(mode="json")
+        raw["shards"]["root"] = self.shard_root
+        if self.tasks:
+            raw["tasks"] = self.tasks
+        raw["profiles"][raw["profile"]]["train"].update({
+            "steps": steps, "global_batch": global_batch, "max_worker_batch": None, "val_every": 10 ** 6,
+            "checkpoint_every": 10 ** 6, "log_every": steps, "loader_workers": loader_workers})
+        raw["ray"].update({"num_workers": workers, "cpus_per_worker": 1, "threads_per_worker": 1,
+                           "run_name": f"bench-{workers}w-{time.time_ns()}"})
+        return parse_params(raw, source="benchmark")
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def ddp_throughput(data: _BenchmarkData, steps: int, worker_batch: int) -> dict[int, float]:
     """samples/s of ``train_worker`` in 1 and 2 gloo processes (1 thread, no DataLoader process, ``worker_batch``
     samples per process), without Ray."""
     import socket
@@ -171,14 +216,7 @@ def ddp_throughput(params, steps: int, worker_batch: int) -> dict[int, float]:
 
     out = {}
     for world in (1, 2):
-        raw = params.model_dump(mode="json")
-        raw["shards"]["root"] = str(Path(ROOT, params.shards.root))
-        raw["profiles"][raw["profile"]]["train"].update({
-            "steps": steps, "global_batch": worker_batch * world, "max_worker_batch": None, "val_every": 10 ** 6,
-            "checkpoint_every": 10 ** 6, "log_every": steps, "loader_workers": 0})
-        from sipl.config import parse_params
-
-        spec = make_spec(parse_params(raw, source="benchmark"), num_workers=world)
+        spec = make_spec(data.run_params(world, worker_batch * world, steps, 0), num_workers=world)
         spec["threads"] = 1
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -189,7 +227,7 @@ def ddp_throughput(params, steps: int, worker_batch: int) -> dict[int, float]:
     return out
 
 
-def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
+def ray_throughput(data: _BenchmarkData, runs: list[tuple[int, int]], steps: int,
                    loader_workers: int) -> dict[tuple[int, int], float]:
     """samples/s of ``sipl.train.fit`` for each ``(workers, global batch)`` (same params and steps otherwise; each
     Ray worker gets one CPU, one torch thread and ``loader_workers`` DataLoader processes)."""
@@ -197,52 +235,21 @@ def ray_throughput(params_path: Path, runs: list[tuple[int, int]], steps: int,
 
     import ray
 
-    from sipl.config import load_params, parse_params
     from sipl.train import fit
 
-    base = load_params(params_path)
-    shard_root = base.shards.root
-    projects: list[Path] = []
-    if not Path(ROOT, shard_root, "manifest.json").is_file() and not shard_root.startswith("s3://"):
-        from tests.test_data import make_shards
-
-        projects.append(Path(tempfile.mkdtemp(prefix="sipl-bench-")))
-        shard_root = str(make_shards(projects[-1] / "shards", size=96,
-                                     samples={"denoise": 64, "lowlight": 64}))
-        tasks = {"denoise": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
-                 "lowlight": {"family": "lowlight", "steps": [{"name": "low_light"}]}}
-    else:
-        shard_root = str(Path(ROOT, shard_root)) if not shard_root.startswith("s3://") else shard_root
-        tasks = None
     out = {}
-    try:
-        for count, global_batch in runs:
-            raw = base.model_dump(mode="json")
-            raw["shards"]["root"] = shard_root
-            if tasks:
-                raw["tasks"] = tasks
-            train = raw["profiles"][raw["profile"]]["train"]
-            train.update({"steps": steps, "global_batch": global_batch, "max_worker_batch": None,
-                          "val_every": 10 ** 6, "checkpoint_every": 10 ** 6, "log_every": steps,
-                          "loader_workers": loader_workers})
-            raw["ray"].update({"num_workers": count, "cpus_per_worker": 1, "threads_per_worker": 1,
-                               "run_name": f"bench-{count}w-{time.time_ns()}"})
-            project = Path(tempfile.mkdtemp(prefix="sipl-bench-run-"))
-            projects.append(project)
-            # A fresh local Ray instance per run, as `sipl train` starts one: Ray Train's helper actors of an
-            # earlier run (placement-group cleaner, coordinators) would otherwise still take CPU from this one.
-            temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
-            projects.append(Path(temp_dir))
-            ray.init(num_cpus=max(c for c, _ in runs), include_dashboard=False, _temp_dir=temp_dir,
-                     log_to_driver=False)
-            try:
-                summary = fit(parse_params(raw, source="benchmark"), project_dir=project)
-            finally:
-                ray.shutdown()
-            out[(count, global_batch)] = summary["samples_per_s"]
-    finally:
-        for folder in projects:
-            shutil.rmtree(folder, ignore_errors=True)
+    for count, global_batch in runs:
+        project = Path(tempfile.mkdtemp(prefix="sipl-bench-run-"))
+        # Each run starts its own local Ray instance, as `sipl train` does.
+        temp_dir = tempfile.mkdtemp(prefix="sipl-ray-", dir="/tmp")
+        ray.init(num_cpus=max(c for c, _ in runs), include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        try:
+            summary = fit(data.run_params(count, global_batch, steps, loader_workers), project_dir=project)
+        finally:
+            ray.shutdown()
+            shutil.rmtree(project, ignore_errors=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        out[(count, global_batch)] = summary["samples_per_s"]
     return out
 
 
@@ -285,15 +292,18 @@ def main() -> int:
                                       args.concurrent_steps))
 
     if not args.no_ray:
-        if Path(ROOT, params.shards.root, "manifest.json").is_file():
-            loop = ddp_throughput(params, args.steps, batch)
-            figures["samples_per_s_1_process_no_ray"] = loop[1]
-            figures["samples_per_s_2_processes_no_ray"] = loop[2]
-            figures["speedup_2_processes_no_ray"] = loop[2] / loop[1]
-        # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
-        # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
-        rates = ray_throughput(Path(args.params), [(1, batch), (1, 2 * batch), (2, 2 * batch)], args.steps,
-                               args.loader_workers)
+        data = _BenchmarkData(params)
+        try:
+            loop = ddp_throughput(data, args.steps, batch)
+            # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
+            # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
+            rates = ray_throughput(data, [(1, batch), (1, 2 * batch), (2, 2 * batch)], args.steps,
+                                   args.loader_workers)
+        finally:
+            data.cleanup()
+        figures["samples_per_s_1_process_no_ray"] = loop[1]
+        figures["samples_per_s_2_processes_no_ray"] = loop[2]
+        figures["speedup_2_processes_no_ray"] = loop[2] / loop[1]
         figures["loader_workers"] = args.loader_workers
         figures["samples_per_s_1_worker"] = rates[(1, batch)]
         figures["samples_per_s_1_worker_global_batch"] = rates[(1, 2 * batch)]
@@ -314,7 +324,7 @@ def main() -> int:
     print(f"  the machine's ceiling, same SIPL step, no Ray: 1 process {figures['step_s_1_process'] * 1e3:.0f} ms, 2 "
           f"processes at once {figures['step_s_2_processes'] * 1e3:.0f} ms each -> "
           f"{figures['speedup_2_processes']:.2f}x")
-    if "speedup_2_processes_no_ray" in figures:
+    if not args.no_ray:
         print(f"  the training loop in plain torch.distributed (gloo) processes, no Ray: 1 process "
               f"{figures['samples_per_s_1_process_no_ray']:.1f}, 2 processes "
               f"{figures['samples_per_s_2_processes_no_ray']:.1f} samples/s -> "
