@@ -628,9 +628,11 @@ def fit(params, *, project_dir: str | os.PathLike = ".", stop_at_step: int | Non
 
 
 def _root_message(error: BaseException) -> str:
+    """The message of the first ``SiplError`` raised in a worker, from Ray's wrapped error text. Only lines of the
+    form ``...SiplError: message`` count: the traceback also quotes source lines that construct a SiplError."""
     text = str(error)
     for line in text.splitlines():
-        if "SiplError" in line:
+        if "SiplError:" in line:
             return line.split("SiplError:", 1)[-1].strip()
     return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
 

@@ -243,3 +243,13 @@ def test_cli_check_and_errors(shard_root, tmp_path, capsys):
     path = _write_params(tmp_path, parse_params(raw))
     assert main(["train", "--params", str(path), "--check"]) == 2
     assert "task 'derain' has no train shards" in capsys.readouterr().err
+
+
+def test_root_message_skips_quoted_source_lines():
+    from sipl.train import _root_message
+
+    text = ("Training failed due to worker errors:\n"
+            "    self._handler(task)(SiplError(f\"sample {item.get('__key__')}: {error}\"))\n"
+            "sipl.errors.SiplError: task 'denoise': corrupt shard data (sample denoise__train5__000)\n")
+    assert _root_message(RuntimeError(text)) == "task 'denoise': corrupt shard data (sample denoise__train5__000)"
+    assert _root_message(RuntimeError("worker died\nexit code 9")) == "exit code 9"
