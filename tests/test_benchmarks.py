@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,21 @@ def test_train_benchmark_without_ray_reports_every_figure():
     assert 0 < figures["train_fraction_of_matmul"]
     # two processes at once can neither take less time per step than none at all nor reach more than 2x
     assert figures["step_s_2_processes"] > 0 and 0 < figures["speedup_2_processes"] <= 2.5
+
+
+@pytest.mark.slow
+def test_train_benchmark_scaling_pairs_on_ray():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--json", "--steps", "3",
+                             "--repeats", "2", "--concurrent-steps", "1"], check=True, cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    figures = json.loads(result.stdout[result.stdout.index("{"):])
+    ratios = figures["speedup_2_workers_runs"]
+    assert len(ratios) == len(figures["samples_per_s_1_worker_runs"]) == 2
+    assert len(figures["samples_per_s_2_workers_runs"]) == 2
+    assert all(r > 0 for r in figures["samples_per_s_1_worker_runs"] + figures["samples_per_s_2_workers_runs"])
+    # the reported pair is one of the measured pairs, the lower middle one
+    assert figures["speedup_2_workers"] == min(ratios)
+    assert (figures["samples_per_s_1_worker"], figures["samples_per_s_2_workers"]) in zip(
+        figures["samples_per_s_1_worker_runs"], figures["samples_per_s_2_workers_runs"])
+    assert figures["samples_per_s_1_process_no_ray"] > 0 and figures["samples_per_s_2_processes_no_ray"] > 0
+    assert figures["samples_per_s_1_worker_global_batch"] > 0 and figures["speedup_2_workers_same_global_batch"] > 0
