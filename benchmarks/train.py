@@ -302,8 +302,7 @@ def main() -> int:
             loop = ddp_throughput(data, args.steps, batch)
             # weak scaling: each worker keeps the per-worker batch (the data-parallel speed-up); strong scaling: the
             # global batch stays and each worker's batch halves (smaller batches cost more per sample on CPU).
-            # 1 and 2 workers alternate, so that a slow spell of the machine (its run-to-run spread is about
-            # +-10 %) does not land on one side only; each pair gives a ratio, the figure is the median pair's.
+            # 1 and 2 workers alternate, so that a slow spell of the machine does not land on one side only.
             weak = [(1, batch), (2, 2 * batch)] * args.repeats
             rates = ray_throughput(data, weak + [(1, 2 * batch)], args.steps, args.loader_workers)
         finally:
@@ -314,13 +313,14 @@ def main() -> int:
         figures["loader_workers"] = args.loader_workers
         pairs = [(rates[2 * i], rates[2 * i + 1]) for i in range(args.repeats)]
         ratios = [two / one for one, two in pairs]
-        one, two = pairs[ratios.index(statistics.median_low(ratios))]
+        median = statistics.median_low(ratios)
+        one, two = pairs[ratios.index(median)]
         figures["samples_per_s_1_worker_runs"] = [one for one, _ in pairs]
         figures["samples_per_s_2_workers_runs"] = [two for _, two in pairs]
         figures["speedup_2_workers_runs"] = ratios
         figures["samples_per_s_1_worker"] = one
         figures["samples_per_s_2_workers"] = two
-        figures["speedup_2_workers"] = two / one
+        figures["speedup_2_workers"] = median
         figures["samples_per_s_1_worker_global_batch"] = rates[-1]
         median_two = statistics.median(figures["samples_per_s_2_workers_runs"])
         figures["speedup_2_workers_same_global_batch"] = median_two / rates[-1]
@@ -344,8 +344,9 @@ def main() -> int:
               f"{figures['samples_per_s_2_processes_no_ray']:.1f} samples/s -> "
               f"{figures['speedup_2_processes_no_ray']:.2f}x")
     if not args.no_ray:
-        runs = ", ".join(f"{one:.1f} -> {two:.1f} ({two / one:.2f}x)" for one, two in
-                         zip(figures["samples_per_s_1_worker_runs"], figures["samples_per_s_2_workers_runs"]))
+        runs = ", ".join(f"{one:.1f} -> {two:.1f} ({ratio:.2f}x)" for one, two, ratio in
+                         zip(figures["samples_per_s_1_worker_runs"], figures["samples_per_s_2_workers_runs"],
+                             figures["speedup_2_workers_runs"]))
         print(f"  Ray Train samples/s ({args.loader_workers} loader process(es) per worker), {batch} samples per "
               f"worker, 1 -> 2 workers, {args.repeats} alternating pair(s): {runs}; median pair: 1 worker "
               f"{figures['samples_per_s_1_worker']:.1f}, 2 workers {figures['samples_per_s_2_workers']:.1f} -> "
