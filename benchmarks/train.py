@@ -343,7 +343,6 @@ def main() -> int:
               f"{figures['samples_per_s_1_process_no_ray']:.1f}, 2 processes "
               f"{figures['samples_per_s_2_processes_no_ray']:.1f} samples/s -> "
               f"{figures['speedup_2_processes_no_ray']:.2f}x")
-    if not args.no_ray:
         runs = ", ".join(f"{one:.1f} -> {two:.1f} ({ratio:.2f}x)" for one, two, ratio in
                          zip(figures["samples_per_s_1_worker_runs"], figures["samples_per_s_2_workers_runs"],
                              figures["speedup_2_workers_runs"]))
