@@ -153,6 +153,17 @@ def paired_crop_flip(lq: np.ndarray, gt: np.ndarray, patch: int, rng: np.random.
     return out[0], out[1]
 
 
+def paired_channel_order(lq: np.ndarray, gt: np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random one of the 6 RGB channel orders on lq and gt (uint8 H×W×3 -> contiguous H×W×3).
+
+    Every degradation of the default task list treats the channels alike (grey airlight, white streaks and flakes,
+    the same curve and kernel per channel, i.i.d. noise), so a reordered pair is as valid a pair as the original;
+    it shows the model clean content in six colour casts instead of one, e.g. red or blue scenes that are not haze."""
+    order = rng.permutation(3)
+    return np.ascontiguousarray(lq[..., order]), np.ascontiguousarray(gt[..., order])
+
+
 # --------------------------------------------------------------------------------------------- streaming
 
 def slot_shards(urls: list[str], slot: int, slots: int, epoch: int, seed: int) -> tuple[list[str], int]:
@@ -195,6 +206,7 @@ class StreamConfig:
     shuffle_buffer: int = 256
     corrupt_samples: str = "skip"
     identity_share: float = 0.0
+    channel_shuffle: bool = False
 
 
 class _Corrupt(Exception):
@@ -206,7 +218,8 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     Yields dicts ``{"lq", "gt"}`` (uint8 patch×patch×3 arrays), ``"key"``, ``"task"`` and ``"skipped"`` (corrupt
     samples or shards skipped by this reading slot since the previous yield). With ``identity_share`` > 0 that share
-    of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``)."""
+    of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``). With
+    ``channel_shuffle`` each pair's RGB channels are put in one of the 6 orders (the same for lq and gt)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -268,11 +281,14 @@ class TrainStream(torch.utils.data.IterableDataset):
         mixer = np.random.default_rng([cfg.seed, _MIX_STREAM, cfg.rank, worker, cfg.start_step])
         crops = np.random.default_rng([cfg.seed, _MIX_STREAM + 1, cfg.rank, worker, cfg.start_step])
         identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
+        channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             sample = next(streams[task])
             lq, gt = paired_crop_flip(sample.lq, sample.gt, cfg.patch, crops, sample.key)
             key = sample.key
+            if cfg.channel_shuffle:
+                lq, gt = paired_channel_order(lq, gt, channels)
             if cfg.identity_share > 0 and identity.random() < cfg.identity_share:
                 lq, key = gt, f"{key}#clean"
             skipped, self._skipped = self._skipped, 0

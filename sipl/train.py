@@ -350,7 +350,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     wrapped = session.prepare(step_module, find_unused_parameters=bool(unused_parameters(step_module, device)))
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
-                          corrupt_samples=cfg.corrupt_samples, identity_share=cfg.identity_share)
+                          corrupt_samples=cfg.corrupt_samples, identity_share=cfg.identity_share,
+                          channel_shuffle=cfg.channel_shuffle)
     loader = train_loader(stream, plan["micro_batch"], cfg.loader_workers) if start_step < spec["steps"] else None
     val_sets = load_val(spec["val_urls"], cfg.val_max_samples) if rank == 0 else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") \

@@ -5,6 +5,7 @@ real format, written with sipl.shards)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -203,6 +204,22 @@ def test_stream_identity_share_gives_clean_pairs_without_changing_the_rest(shard
         if not b["key"].endswith("#clean"):
             assert np.array_equal(a["lq"], b["lq"])
     assert not any(i["key"].endswith("#clean") for i in plain)
+
+
+def test_stream_channel_shuffle_reorders_input_and_target_alike(shards):
+    plain = _take(_stream(shards, identity_share=0.25), 120)
+    shuffled = _take(_stream(shards, identity_share=0.25, channel_shuffle=True), 120)
+    orders = set()
+    for a, b in zip(plain, shuffled):
+        # the order has its own generator: tasks, samples, crops and identity draws are the plain stream's
+        assert (a["task"], a["key"]) == (b["task"], b["key"])
+        found = [order for order in itertools.permutations(range(3))
+                 if np.array_equal(b["gt"], a["gt"][..., list(order)])
+                 and np.array_equal(b["lq"], a["lq"][..., list(order)])]
+        assert found, a["key"]
+        orders.update(found)
+        assert b["lq"].flags.c_contiguous and b["gt"].flags.c_contiguous
+    assert len(orders) == 6
 
 
 def test_stream_skips_corrupt_samples(shards):

@@ -297,6 +297,30 @@ def test_params_yaml_tasks_are_valid_and_run(photo):
         assert math.isfinite(float(out.mean()))
 
 
+# the random sensor noise of these steps switched off; what is left is deterministic given the generator
+_NOISELESS = {"gaussian_noise": {"sigma": 0.0}, "motion_blur": {"noise": 0.0},
+              "low_light": {"shot_log10": -12.0, "read_log10": -16.0, "quantize": False}}
+
+
+@pytest.mark.parametrize("order", [(2, 1, 0), (1, 2, 0)])
+def test_params_yaml_tasks_treat_the_channels_alike(photo, order):
+    # what train.channel_shuffle relies on: reordering the clean image's channels reorders the degraded image's
+    tasks = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["tasks"]
+    for task, spec in tasks.items():
+        steps = [{**step, **_NOISELESS.get(step["name"], {})} for step in spec["steps"]]
+        seed = len(task)
+        out, _ = apply(steps, photo.astype(np.float32) / 255.0, np.random.default_rng(seed))
+        reordered, _ = apply(steps, photo[..., list(order)].astype(np.float32) / 255.0, np.random.default_rng(seed))
+        np.testing.assert_allclose(reordered, out[..., list(order)], atol=2e-3, err_msg=task)
+
+
+def test_a_tinted_airlight_is_not_channel_blind(photo):
+    step = {"name": "haze", "beta": 0.15, "airlight": 0.9, "tint": 0.3}
+    out, _ = apply(step, photo, np.random.default_rng(3))
+    reordered, _ = apply(step, photo[..., ::-1], np.random.default_rng(3))
+    assert np.abs(reordered.astype(int) - out[..., ::-1].astype(int)).max() > 5
+
+
 def test_no_global_rng_and_no_torch(photo):
     import random
     import subprocess
