@@ -223,6 +223,13 @@ class PrefectConfig(_Strict):
     retry_delay_s: float = Field(5.0, ge=0)
 
 
+def _tinted_haze(step: dict[str, Any]) -> bool:
+    """Whether a degradation step is haze with a non-grey airlight (``tint`` other than 0, or a range beyond 0)."""
+    names = step.get("name") if isinstance(step.get("name"), list) else [step.get("name")]
+    tint = step.get("tint", 0.0)
+    return "haze" in names and any(float(value) != 0.0 for value in (tint if isinstance(tint, list) else [tint]))
+
+
 # ------------------------------------------------------------------------------------------------- root
 
 class Params(_Strict):
@@ -265,13 +272,11 @@ class Params(_Strict):
         if train.channel_shuffle:
             for name, task in self.tasks.items():
                 for index, step in enumerate(task.steps):
-                    tint = step.get("tint", 0.0)
-                    if step.get("name") == "haze" and any(float(v) != 0.0 for v in
-                                                          (tint if isinstance(tint, list) else [tint])):
+                    if _tinted_haze(step):
                         raise ValueError(
                             f"profiles.{self.profile}.train.channel_shuffle is true but tasks.{name}.steps[{index}] "
-                            f"(haze) has tint {tint!r}: a tinted airlight is not the same in every channel order; "
-                            "set that tint to 0 or channel_shuffle to false")
+                            f"(haze) has tint {step['tint']!r}: a tinted airlight is not the same in every channel "
+                            "order; set that tint to 0 or channel_shuffle to false")
         return self
 
     @property
