@@ -169,9 +169,9 @@ class TrainConfig(_Strict):
     identity_share: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training samples given as clean input -> clean target, so the model learns to leave undegraded "
         "content (and mildly degraded content it cannot improve) as it is"))
-    channel_shuffle: bool = Field(False, description=(
-        "put each training pair's RGB channels in a random one of the 6 orders (the same for input and target); "
-        "valid while every task's degradations treat the channels alike (no tinted airlight or colour cast)"))
+    channel_shuffle: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of training pairs whose RGB channels are put in a random one of the 6 orders (the same for input "
+        "and target); valid while every task's degradations treat the channels alike (no tinted airlight)"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)
@@ -269,14 +269,14 @@ class Params(_Strict):
             if unknown:
                 raise ValueError(f"profiles.{self.profile}.train.task_weights names unknown tasks {unknown}; "
                                  f"tasks are {sorted(self.tasks)}")
-        if train.channel_shuffle:
+        if train.channel_shuffle > 0:
             for name, task in self.tasks.items():
                 for index, step in enumerate(task.steps):
                     if _tinted_haze(step):
                         raise ValueError(
-                            f"profiles.{self.profile}.train.channel_shuffle is true but tasks.{name}.steps[{index}] "
-                            f"(haze) has tint {step['tint']!r}: a tinted airlight is not the same in every channel "
-                            "order; set that tint to 0 or channel_shuffle to false")
+                            f"profiles.{self.profile}.train.channel_shuffle is {train.channel_shuffle} but "
+                            f"tasks.{name}.steps[{index}] (haze) has tint {step['tint']!r}: a tinted airlight is "
+                            "not the same in every channel order; set that tint to 0 or channel_shuffle to 0")
         return self
 
     @property

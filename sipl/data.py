@@ -206,7 +206,7 @@ class StreamConfig:
     shuffle_buffer: int = 256
     corrupt_samples: str = "skip"
     identity_share: float = 0.0
-    channel_shuffle: bool = False
+    channel_shuffle: float = 0.0
 
 
 class _Corrupt(Exception):
@@ -219,7 +219,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     Yields dicts ``{"lq", "gt"}`` (uint8 patch×patch×3 arrays), ``"key"``, ``"task"`` and ``"skipped"`` (corrupt
     samples or shards skipped by this reading slot since the previous yield). With ``identity_share`` > 0 that share
     of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``). With
-    ``channel_shuffle`` each pair's RGB channels are put in one of the 6 orders (the same for lq and gt)."""
+    ``channel_shuffle`` > 0 that share of the pairs has its RGB channels put in a random one of the 6 orders (the
+    same for lq and gt)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -287,7 +288,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             sample = next(streams[task])
             lq, gt = paired_crop_flip(sample.lq, sample.gt, cfg.patch, crops, sample.key)
             key = sample.key
-            if cfg.channel_shuffle:
+            if cfg.channel_shuffle > 0 and channels.random() < cfg.channel_shuffle:
                 lq, gt = paired_channel_order(lq, gt, channels)
             if cfg.identity_share > 0 and identity.random() < cfg.identity_share:
                 lq, key = gt, f"{key}#clean"

@@ -38,9 +38,9 @@ def test_model_build_arguments_carry_the_overrides():
     (lambda r: r["tasks"]["derain"].update(steps=[{"sigma": 1}]), "tasks.derain.steps: Value error, degradation step 0"),
     (lambda r: r["sources"].append({"kind": "folder"}), "sources.1: Value error, a 'folder' source needs 'path'"),
     (lambda r: r["splits"].update(val_fraction=0.6, test_fraction=0.5), "val_fraction + test_fraction must be < 1"),
-    (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=True),
+    (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),
-     "profiles.tiny.train.channel_shuffle is true but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
+     "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
 ])
 def test_bad_values_name_the_key_path(mutate, expected):
     raw = _raw()

@@ -208,7 +208,7 @@ def test_stream_identity_share_gives_clean_pairs_without_changing_the_rest(shard
 
 def test_stream_channel_shuffle_reorders_input_and_target_alike(shards):
     plain = _take(_stream(shards, identity_share=0.25), 120)
-    shuffled = _take(_stream(shards, identity_share=0.25, channel_shuffle=True), 120)
+    shuffled = _take(_stream(shards, identity_share=0.25, channel_shuffle=1.0), 120)
     orders = set()
     for a, b in zip(plain, shuffled):
         # the order has its own generator: tasks, samples, crops and identity draws are the plain stream's
@@ -220,6 +220,10 @@ def test_stream_channel_shuffle_reorders_input_and_target_alike(shards):
         orders.update(found)
         assert b["lq"].flags.c_contiguous and b["gt"].flags.c_contiguous
     assert len(orders) == 6
+    half = _take(_stream(shards, channel_shuffle=0.5), 240)
+    plain = _take(_stream(shards), 240)
+    reordered = sum(not np.array_equal(a["gt"], b["gt"]) for a, b in zip(plain, half))
+    assert 0.3 < reordered / len(half) < 0.55  # half the pairs drawn, 5 of their 6 orders differ from RGB
 
 
 def test_stream_skips_corrupt_samples(shards):
