@@ -4,9 +4,9 @@ Each Ray worker (``rank`` of ``world``) and each of its DataLoader workers reads
 shards: shards are split across the ``world × loader_workers`` reading slots (like WebDataset's ``split_by_node``
 then ``split_by_worker``) after a seeded per-epoch shard shuffle; when a task has fewer shards than slots, every
 slot reads all of them and keeps every n-th sample instead, so no slot is starved. Samples pass a seeded shuffle
-buffer, get a random ``patch`` crop plus one of the 8 flips/rotations (identical for lq and gt), and the task
-streams are mixed by weight with a seeded generator. Every random choice derives from ``(seed, rank, loader
-worker, start step)``, never from global RNG state.
+buffer, get a random ``patch`` crop plus one of the 8 flips/rotations (identical for lq and gt; with
+``channel_shuffle`` also a random RGB order), and the task streams are mixed by weight with a seeded generator.
+Every random choice derives from ``(seed, rank, loader worker, start step)``, never from global RNG state.
 """
 
 from __future__ import annotations
