@@ -225,9 +225,8 @@ class PrefectConfig(_Strict):
 
 def _tinted_haze(step: dict[str, Any]) -> bool:
     """Whether a degradation step is haze with a non-grey airlight (``tint`` other than 0, or a range beyond 0)."""
-    names = step.get("name") if isinstance(step.get("name"), list) else [step.get("name")]
     tint = step.get("tint", 0.0)
-    return "haze" in names and any(float(value) != 0.0 for value in (tint if isinstance(tint, list) else [tint]))
+    return step["name"] == "haze" and any(float(value) != 0.0 for value in (tint if isinstance(tint, list) else [tint]))
 
 
 # ------------------------------------------------------------------------------------------------- root
