@@ -263,6 +263,14 @@ class Params(_Strict):
                 "raise refine.max_steps (evaluation scores steps 0..max_steps) or lower refine_steps"
             )
         train = self.profiles[self.profile].train
+        crop = self.crops.train
+        crop_side = crop.size if crop.size is not None else crop.max_side
+        if crop_side is not None and crop_side < train.patch:
+            key = "crops.train.size" if crop.size is not None else "crops.train.max_side"
+            raise ValueError(
+                f"{key}={crop_side} is smaller than profiles.{self.profile}.train.patch={train.patch}: training cuts "
+                f"{train.patch}x{train.patch} patches from the train crops; set {key} to at least {train.patch} "
+                "(`dvc repro` then re-synthesizes the shards) or lower the patch")
         if train.task_weights:
             unknown = sorted(set(train.task_weights) - set(self.tasks))
             if unknown:

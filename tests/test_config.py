@@ -21,6 +21,15 @@ def test_repository_params_are_valid_and_select_the_profile():
     assert parse_params(raw).model.backbone == "promptir"
 
 
+@pytest.mark.parametrize("profile", ["tiny", "small", "paper"])
+def test_every_shipped_profile_trains_on_the_shipped_crops(profile):
+    # `dvc exp run -S profile=small` must not need a crop change: the train crops hold every profile's patch
+    raw = _raw()
+    raw["profile"] = profile
+    params = parse_params(raw)
+    assert params.crops.train.size >= params.train.patch
+
+
 def test_model_build_arguments_carry_the_overrides():
     model = load_params(REPO_ROOT / "params.yaml").model
     assert model.build_arguments() == {"backbone": model.backbone, "size": model.size, "sipl": True,
@@ -41,6 +50,9 @@ def test_model_build_arguments_carry_the_overrides():
     (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),
      "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
+    (lambda r: r["crops"]["train"].update(size=32), "crops.train.size=32 is smaller than profiles.tiny.train.patch=48"),
+    (lambda r: r["crops"]["train"].update(size=None, max_side=40),
+     "crops.train.max_side=40 is smaller than profiles.tiny.train.patch=48"),
 ])
 def test_bad_values_name_the_key_path(mutate, expected):
     raw = _raw()
