@@ -40,7 +40,7 @@ def _params(folder: Path, root: Path | str, **changes):
         "tasks": {"denoise_25": {"family": "noise", "steps": [{"name": "gaussian_noise", "sigma": 25}]},
                   "low_haze": {"family": "composite", "steps": [{"name": "low_light"}, {"name": "haze"}]}},
         "shards": {"root": str(root), "maxcount": 4, "encoding": "npy"},
-        "profiles": {"tiny": {}},
+        "profiles": {"tiny": {"train": {"patch": 32}}},  # the patch fits the 32² train crops
     }
     raw.update(changes)
     return parse_params(raw)
