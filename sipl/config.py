@@ -264,13 +264,18 @@ class Params(_Strict):
             )
         train = self.profiles[self.profile].train
         crop = self.crops.train
-        crop_side = crop.size if crop.size is not None else crop.max_side
+        if crop.size is not None:
+            key, limit, crop_side, needed = "crops.train.size", crop.size, crop.size, train.patch
+        else:  # whole images, limited to max_side, then floored to a multiple of crops.train.multiple
+            key, limit = "crops.train.max_side", crop.max_side
+            crop_side = None if limit is None else limit // crop.multiple * crop.multiple
+            needed = -(-train.patch // crop.multiple) * crop.multiple
         if crop_side is not None and crop_side < train.patch:
-            key = "crops.train.size" if crop.size is not None else "crops.train.max_side"
+            floored = "" if limit < train.patch else f" floored to a multiple of {crop.multiple} ({crop_side})"
             raise ValueError(
-                f"{key}={crop_side} is smaller than profiles.{self.profile}.train.patch={train.patch}: training cuts "
-                f"{train.patch}x{train.patch} patches from the train crops; set {key} to at least {train.patch} "
-                "(`dvc repro` then re-synthesizes the shards) or lower the patch")
+                f"{key}={limit}{floored} is smaller than profiles.{self.profile}.train.patch={train.patch}: "
+                f"training cuts {train.patch}x{train.patch} patches from the train crops; set {key} to at least "
+                f"{needed} (`dvc repro` then re-synthesizes the shards) or lower the patch")
         if train.task_weights:
             unknown = sorted(set(train.task_weights) - set(self.tasks))
             if unknown:

@@ -50,7 +50,8 @@ def test_model_build_arguments_carry_the_overrides():
     (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),
      "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
-    (lambda r: r["crops"]["train"].update(size=32), "crops.train.size=32 is smaller than profiles.tiny.train.patch=48"),
+    (lambda r: r["crops"]["train"].update(size=32),
+     "crops.train.size=32 is smaller than profiles.tiny.train.patch=48"),
     (lambda r: r["crops"]["train"].update(size=None, max_side=40),
      "crops.train.max_side=40 is smaller than profiles.tiny.train.patch=48"),
 ])
