@@ -1,6 +1,9 @@
-"""`sipl evaluate` (stage 3): score refinement steps 0..refine.max_steps of every scheme on the val/test shards.
+"""`sipl evaluate` (stage 3): score refinement steps 0..refine.max_steps of every scheme on the val/test shards
+and on every benchmark set of ``data/benchmarks/index.json`` (written by `sipl benchmarks`; shards checked against
+their manifest first).
 
-Writes ``metrics/eval_steps.json``, ``plots/psnr_vs_steps.csv`` and ``plots/samples/{task}.png``.
+Writes ``metrics/eval_steps.json`` (benchmark sets under ``"benchmarks"``), ``plots/psnr_vs_steps.csv`` and
+``plots/samples/{task}.png``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models", help="exported model folder (default: models)")
     parser.add_argument("--shards", default=None, help="shard root (default: shards.root from params)")
     parser.add_argument("--out", default=".", help="folder that receives metrics/ and plots/ (default: .)")
+    parser.add_argument("--benchmarks", default="data/benchmarks",
+                        help="output of `sipl benchmarks` (default: data/benchmarks; none there = no sets)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import sipl
-    from sipl import evaluate, metrics, shards
+    from sipl import benchmarks, evaluate, metrics, shards
     from sipl.checkpoint import write_json_atomic, write_text_atomic
     from sipl.config import load_params
     from sipl.errors import SiplError
@@ -42,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     def say(message: str) -> None:
         print(f"sipl evaluate: {message}", file=sys.stderr, flush=True)
+
+    # Benchmark sets: every shard is checked against its set's manifest before any model work.
+    index = benchmarks.read_index(args.benchmarks)
+    if index is None:
+        say(f"{args.benchmarks}/{benchmarks.INDEX} not found: no benchmark sets (`sipl benchmarks` writes it)")
+    benchmark_inputs = {name: (entry, benchmarks.samples_by_task(args.benchmarks, name))
+                        for name, entry in sorted((index or {}).get("sets", {}).items())}
 
     started = time.perf_counter()
     splits, all_grids = {}, {}
@@ -69,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
         raise SiplError(f"{root}: none of the splits {params.eval.splits} has samples; run `sipl synthesize` "
                         "with non-zero splits.val_fraction / test_fraction")
 
+    benchmark_sets = {}
+    for name, (entry, samples_by_task) in benchmark_inputs.items():
+        say(f"benchmark {name} ({entry.get('kind')}): {len(samples_by_task)} tasks")
+        results, _ = evaluate.evaluate_split(
+            model, samples_by_task, schemes=list(params.refine.schemes), max_steps=params.refine.max_steps,
+            tile=params.eval.tile, tile_overlap=params.eval.tile_overlap, use_classical=params.eval.classical,
+            max_images=params.eval.max_images_per_task, progress=lambda m, s=name: say(f"benchmark {s} {m}"))
+        benchmark_sets[name] = {"kind": entry.get("kind"), "path": entry.get("path"), "tasks": results,
+                                "groups": evaluate.group_averages(results) if results else {}}
+
     document = {
         "convention": metrics.CONVENTION,
         "versions": metrics.library_versions(),
@@ -80,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - started, 2),
         "splits": splits,
         "groups": {split: evaluate.group_averages(tasks) for split, tasks in splits.items() if tasks},
+        "benchmarks": benchmark_sets,
     }
     report_split = grid_split if splits.get(grid_split) else next(s for s, t in splits.items() if t)
     write_json_atomic(out / "metrics" / "eval_steps.json", document)
@@ -91,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         if rows:
             write_png_atomic(evaluate.sample_grid(rows, labels), out / "plots" / "samples" / f"{task}.png")
     say(f"done in {document['wall_s']:.1f} s: metrics/eval_steps.json, plots/psnr_vs_steps.csv, "
-        f"plots/samples/ ({len(all_grids)} grids)")
+        f"plots/samples/ ({len(all_grids)} grids), {len(benchmark_sets)} benchmark set(s)")
     return 0

@@ -144,7 +144,7 @@ def sipl_flow(
     repo: str | None = None,
     push_to_remote: bool = True,
 ) -> dict[str, Any]:
-    """Run synthesize → train → evaluate → select → report through DVC and record a DVC experiment.
+    """Run synthesize → benchmarks → train → evaluate → select → report through DVC and record a DVC experiment.
 
     Args:
         refine_steps: ``auto`` or a step count (``-S refine_steps=...``); None keeps params.yaml's value.

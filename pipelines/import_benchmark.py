@@ -10,7 +10,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("kind", choices=sorted(KINDS), help="benchmark layout")
     parser.add_argument("directory", help="the benchmark's folder")
-    parser.add_argument("-o", "--out", default=None, help="shard root (default: data/benchmarks/KIND; s3:// ok)")
+    parser.add_argument("-o", "--out", default=None, help="shard root (default: data/imported/KIND; s3:// ok)")
     parser.add_argument("--sigma", type=int, nargs="+", default=[15, 25, 50], help="noise levels (cbsd68/kodak)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthesised noise")
     parser.add_argument("--skip-unpaired", action="store_true", help="convert the valid pairs, list the rest")
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_params(args.params) if Path(args.params).is_file() else None
     encoding = params.shards.encoding if params else "npy"
-    out = args.out or f"data/benchmarks/{args.kind}"
+    out = args.out or f"data/imported/{args.kind}"  # data/benchmarks/ belongs to the benchmarks stage
     manifest = import_benchmark(args.kind, args.directory, out, sigmas=args.sigma, seed=args.seed,
                                 encoding=encoding, skip_unpaired=args.skip_unpaired)
     for task, entry in manifest["splits"]["test"].items():

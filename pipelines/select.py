@@ -1,6 +1,7 @@
 """`sipl select` (stage 4): choose the refinement scheme and step count on validation.
 
-Reads only ``metrics/eval_steps.json`` (seconds); writes ``metrics/eval.json`` and ``models/selection.json``.
+Reads only ``metrics/eval_steps.json`` (seconds); writes ``metrics/eval.json``, ``metrics/benchmarks.json`` (every
+benchmark set at the setting chosen on validation; ``{"sets": {}}`` without sets) and ``models/selection.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ env.apply_quiet_defaults()
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-file", default="metrics/eval_steps.json", help="output of `sipl evaluate`")
     parser.add_argument("--metrics", default="metrics/eval.json", help="where to write the test metrics")
+    parser.add_argument("--benchmarks-metrics", default=None,
+                        help="where to write the benchmark sets' metrics (default: benchmarks.json beside --metrics)")
     parser.add_argument("--model", default="models", help="model folder that receives selection.json")
 
 
@@ -41,13 +44,20 @@ def run(args: argparse.Namespace) -> int:
     chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
                               schemes=list(params.refine.schemes))
     document = selection.eval_metrics(eval_steps, chosen)
+    benchmark_document = selection.benchmark_metrics(eval_steps, chosen)
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise SiplError(f"{model_dir}: no model folder; run `sipl train` first")
     write_json_atomic(args.metrics, document)
+    write_json_atomic(args.benchmarks_metrics or Path(args.metrics).with_name("benchmarks.json"), benchmark_document)
     write_json_atomic(model_dir / "selection.json", selection.selection_file(chosen))
     all_group = document["groups"]["all"]
     print(f"sipl select: {chosen['scheme']} x {chosen['steps']} step(s) ({chosen['criterion']}); "
           f"{document['split']} PSNR {all_group['psnr']:.2f} dB (step 0 {all_group['step0_psnr']:.2f}, input "
           f"{all_group['input_psnr']:.2f}); per family {chosen['per_family']}", file=sys.stderr)
+    for name, entry in benchmark_document["sets"].items():
+        if "all" in entry["groups"]:
+            group = entry["groups"]["all"]
+            print(f"sipl select: benchmark {name}: PSNR {group['psnr']:.2f} dB (step 0 {group['step0_psnr']:.2f}, "
+                  f"input {group['input_psnr']:.2f})", file=sys.stderr)
     return 0

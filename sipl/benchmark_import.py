@@ -121,26 +121,20 @@ KINDS: dict[str, Callable[[Path, list[str], list[int]], list[Pair]]] = {
     "cbsd68": _pairs_noise, "kodak": _pairs_noise, "rain100l": _pairs_rain, "sots": _pairs_sots,
     "gopro": _pairs_gopro, "lol": _pairs_lol, "cdd11": _pairs_cdd11,
 }
+# What each kind expects under its folder, for error messages.
+LAYOUTS = {
+    "cbsd68": "clean images directly in the folder", "kodak": "clean images directly in the folder",
+    "rain100l": "input/ + target/ with equal file names, or rain-NNN.* and norain-NNN.* files below the folder",
+    "sots": "hazy/NNNN_A_beta.* + clear/NNNN.*", "gopro": "SEQ/blur/* + SEQ/sharp/* per sequence folder",
+    "lol": "low/ + high/ with equal file names",
+    "cdd11": "clear/ + any of the type folders " + ", ".join(f"{t}/" for t in CDD11_TYPES) + " with equal file names",
+}
 
 
-def _family(task: str) -> str:
-    if task.startswith("denoise_"):
-        return "noise"
-    return TASK_FAMILIES.get(task, "composite" if "_" in task else {"low": "lowlight"}.get(task, task))
+def find_pairs(kind: str, directory: str | Path, sigmas: list[int] | None = None) -> tuple[list[Pair], list[str]]:
+    """The pairs of a benchmark folder and every layout problem (missing partner, missing folder), reading no image.
 
-
-def _mod_crop(image: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = image.shape[0] // multiple * multiple, image.shape[1] // multiple * multiple
-    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-    return image[top:top + h, left:left + w]
-
-
-def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: list[int] | None = None,
-                     seed: int = 0, multiple: int = 16, maxcount: int = 256, encoding: str = "npy",
-                     skip_unpaired: bool = False) -> dict:
-    """Convert one benchmark folder into shards under ``out_root/test/``; returns the manifest."""
-    import degradations
-
+    No pairs at all is a problem too, so an empty problem list means the layout is usable."""
     if kind not in KINDS:
         raise SiplError(f"unknown benchmark kind {kind!r}; known: {sorted(KINDS)}")
     root = Path(directory)
@@ -148,6 +142,37 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         raise SiplError(f"{root}: not a directory")
     problems: list[str] = []
     pairs = KINDS[kind](root, problems, sigmas or [15, 25, 50])
+    if not pairs and not problems:
+        problems.append(f"{root}: no {kind} pairs found (expected {LAYOUTS[kind]})")
+    return pairs, problems
+
+
+def task_family(task: str) -> str:
+    """The family of a task name these layouts give (``derain`` -> ``rain``, ``low`` -> ``lowlight``, CDD-11
+    combinations -> ``composite``), for grouping and the classical baselines."""
+    if task.startswith("denoise_"):
+        return "noise"
+    return TASK_FAMILIES.get(task, "composite" if "_" in task else {"low": "lowlight"}.get(task, task))
+
+
+def _mod_crop(image: np.ndarray, multiple: int, max_side: int | None = None) -> np.ndarray:
+    """Centre crop of an H x W x C image to sides that are multiples of ``multiple`` and at most ``max_side``."""
+    h = min(image.shape[0], max_side or image.shape[0]) // multiple * multiple
+    w = min(image.shape[1], max_side or image.shape[1]) // multiple * multiple
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[top:top + h, left:left + w]
+
+
+def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: list[int] | None = None,
+                     seed: int = 0, multiple: int = 16, maxcount: int = 256, encoding: str = "npy",
+                     skip_unpaired: bool = False, max_side: int | None = None) -> dict:
+    """Convert one benchmark folder into shards under ``out_root/test/``; returns the manifest.
+
+    Pairs are centre-cropped to multiples of ``multiple`` and, with ``max_side``, to at most that side."""
+    import degradations
+
+    root = Path(directory)
+    pairs, problems = find_pairs(kind, root, sigmas)
     if problems and not skip_unpaired:
         listing = "\n  ".join(problems)
         raise SiplError(f"{root}: {len(problems)} problem(s) in the {kind} layout (nothing written; "
@@ -159,7 +184,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
             if pair.lq is None:
                 sigma = int(pair.task.split("_")[1])
                 sample_seed = derive_seed(seed, pair.task, pair.name)
-                gt = _mod_crop(gt, multiple)
+                gt = _mod_crop(gt, multiple, max_side)
                 lq, applied = degradations.apply({"name": "gaussian_noise", "sigma": sigma}, gt,
                                                  np.random.default_rng(sample_seed))
             else:
@@ -167,13 +192,13 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
                 if lq.shape != gt.shape:
                     raise SiplError(f"{pair.lq}: size {lq.shape[1]}x{lq.shape[0]} differs from {pair.gt} "
                                     f"{gt.shape[1]}x{gt.shape[0]}")
-                lq, gt = _mod_crop(lq, multiple), _mod_crop(gt, multiple)
+                lq, gt = _mod_crop(lq, multiple, max_side), _mod_crop(gt, multiple, max_side)
                 sample_seed, applied = None, []
         except SiplError as error:
             problems.append(str(error))
             continue
         source_id = safe_id(f"{kind}/{pair.name}")
-        meta = {"task": pair.task, "family": _family(pair.task), "split": "test", "source_id": source_id,
+        meta = {"task": pair.task, "family": task_family(pair.task), "split": "test", "source_id": source_id,
                 "source": str(pair.gt.relative_to(root)), "crop_box": [0, 0, *gt.shape[:2]], "seed": sample_seed,
                 "applied": applied, "benchmark": kind}
         by_task.setdefault(pair.task, []).append(Sample(sample_key(pair.task, source_id, 0), pair.task, lq, gt, meta))
@@ -185,7 +210,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
     tasks = {}
     for task, samples in sorted(by_task.items()):
         entries = write_task_shards(out_root, "test", task, samples, encoding, maxcount)
-        tasks[task] = {"samples": len(samples), "family": _family(task), "shards": entries}
+        tasks[task] = {"samples": len(samples), "family": task_family(task), "shards": entries}
     manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
                 "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
                 "skipped": len(problems)}

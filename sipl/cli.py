@@ -15,6 +15,7 @@ from sipl import env as _env  # noqa: F401
 SUBCOMMANDS = {
     "synthesize": ("pipelines.synthesize", "degrade clean images into WebDataset shards (stage 1)"),
     "import-benchmark": ("pipelines.import_benchmark", "convert a paired benchmark folder into shards"),
+    "benchmarks": ("pipelines.benchmarks", "field benchmark sets of params 'benchmarks' -> test shards"),
     "train": ("pipelines.train", "train on Ray Train (stage 2)"),
     "evaluate": ("pipelines.evaluate", "score refinement steps 0..K on val/test (stage 3)"),
     "select": ("pipelines.select", "choose the refinement setting on validation (stage 4)"),

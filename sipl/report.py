@@ -1,7 +1,8 @@
 """``reports/index.html``: one offline page (inline CSS, no scripts, images as relative files under ``reports/``).
 
-Sections: the selected refinement setting, group and per-task tables (input / classical / step 0 / chosen), the
-PSNR-vs-steps plot, the sample grids, the training curve and the run's params. Plots are matplotlib PNGs (Agg).
+Sections: the selected refinement setting, group and per-task tables (input / classical / step 0 / chosen), one
+table per benchmark set (``metrics/benchmarks.json``), the PSNR-vs-steps plot, the sample grids, the training curve
+and the run's params. Plots are matplotlib PNGs (Agg).
 """
 
 from __future__ import annotations
@@ -125,6 +126,31 @@ def plot_train_curve(path_csv: Path, path_png: Path) -> bool:
     return True
 
 
+def benchmark_section(document: dict[str, Any] | None) -> str:
+    """HTML of the benchmark sets: per set, task | images | input | classical | step 0 | selected | gain over input,
+    then its ``all`` group (PSNR in dB at the setting selected on validation)."""
+    parts = ["<h2>Benchmark sets</h2>"]
+    sets = (document or {}).get("sets") or {}
+    if not sets:
+        parts.append("<p class='note'>No benchmark sets: list them under <code>benchmarks:</code> in params.yaml "
+                     "(metrics/benchmarks.json).</p>")
+        return "".join(parts)
+    header = ["task", "images", "input", "classical", "step 0", "selected", "gain over input"]
+    for name, entry in sets.items():
+        rows = [[html.escape(task), str(t.get("images", "")), _fmt(t["input_psnr"]), _fmt(t.get("classical_psnr")),
+                 _fmt(t["step0_psnr"]), _fmt(t["psnr"]), _gain(t["psnr"] - t["input_psnr"])]
+                for task, t in entry["tasks"].items()]
+        group = entry.get("groups", {}).get("all")
+        if group:
+            rows.append(["<b>all (mean)</b>", "", _fmt(group["input_psnr"]), "–", _fmt(group["step0_psnr"]),
+                         _fmt(group["psnr"]), _gain(group["psnr"] - group["input_psnr"])])
+        parts.append(f"<h3>{html.escape(name)} <span class='note'>({html.escape(str(entry.get('kind', '')))})"
+                     "</span></h3>" + _table(header, rows))
+    parts.append("<p class='note'>PSNR in dB (RGB) at the setting selected on validation; benchmark sets take no "
+                 "part in the selection.</p>")
+    return "".join(parts)
+
+
 def _load_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -170,6 +196,7 @@ def build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
                          for name, t in eval_json["tasks"].items()]))
     parts.append("<p class='note'>PSNR in dB. Classical baselines: non-local means (noise), dark channel prior "
                  "(haze), gamma + CLAHE (low light); – where the family has none.</p>")
+    parts.append(benchmark_section(_load_json(root / "metrics" / "benchmarks.json")))
 
     parts.append("<h2>PSNR against refinement steps</h2>")
     if eval_steps and eval_steps.get("splits", {}).get(split):

@@ -135,20 +135,16 @@ def _report_split(eval_steps: dict[str, Any]) -> str:
     raise SiplError("metrics/eval_steps.json holds no evaluated split; re-run `sipl evaluate`")
 
 
-def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
-    """The ``metrics/eval.json`` document: test metrics at the selected setting (val when no test split).
+def _task_entries(tasks: dict[str, Any], selection: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Per task of one split or benchmark set: the ``metrics/eval.json`` task entry at the selected setting.
 
-    Per task: ``psnr, ssim, psnr_y, ssim_y`` at the selected (scheme, steps); ``input_*``, ``step0_*`` and
-    ``classical_*`` (where a baseline exists) for reference; ``sipl_gain`` = psnr - step0_psnr (what the
-    self-refinement adds over the dictionary-only preliminary restoration); ``per_task_steps`` / ``per_task_psnr``
-    at the per-family choice. Groups hold plain means of their tasks' values.
-    """
-    split = _report_split(eval_steps)
+    The own step count of a task is ``per_task`` (tasks scored on val/test), else its family's ``per_family``
+    (benchmark task names absent from params tasks), else the global count."""
     scheme, steps = selection["scheme"], selection["steps"]
     tasks_out: dict[str, dict[str, Any]] = {}
-    for name, task in sorted(eval_steps["splits"][split].items()):
+    for name, task in sorted(tasks.items()):
         if str(steps) not in task["schemes"].get(scheme, {}):
-            raise SiplError(f"metrics/eval_steps.json: task {name} ({split}) has no score for scheme {scheme!r} "
+            raise SiplError(f"metrics/eval_steps.json: task {name} ({where}) has no score for scheme {scheme!r} "
                             f"step {steps}; re-run `sipl evaluate`")
         chosen = task["schemes"][scheme][str(steps)]
         step0 = task["schemes"][scheme]["0"]
@@ -160,19 +156,38 @@ def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[
         if task.get("classical"):
             entry["classical_psnr"] = round(task["classical"]["psnr"], 4)
             entry["classical_ssim"] = round(task["classical"]["ssim"], 4)
-        own_steps = selection["per_task"].get(name, steps)
+        own_steps = selection["per_task"].get(name, selection.get("per_family", {}).get(task["family"], steps))
         if str(own_steps) in task["schemes"][scheme]:
             entry["per_task_steps"] = own_steps
             entry["per_task_psnr"] = round(task["schemes"][scheme][str(own_steps)]["psnr"], 4)
         tasks_out[name] = entry
+    return tasks_out
 
-    families = {name: task["family"] for name, task in eval_steps["splits"][split].items()}
+
+def _group_entries(tasks: dict[str, Any], tasks_out: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Plain means over each group's tasks of the selected-setting task entries."""
+    families = {name: task["family"] for name, task in tasks.items()}
     groups = {}
     for group, members in group_members(families).items():
         rows = [tasks_out[name] for name in members]
         groups[group] = {key: round(_mean([row[key] for row in rows]), 4)
                          for key in ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "step0_psnr", "sipl_gain")}
         groups[group]["tasks"] = len(members)
+    return groups
+
+
+def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics/eval.json`` document: test metrics at the selected setting (val when no test split).
+
+    Per task: ``psnr, ssim, psnr_y, ssim_y`` at the selected (scheme, steps); ``input_*``, ``step0_*`` and
+    ``classical_*`` (where a baseline exists) for reference; ``sipl_gain`` = psnr - step0_psnr (what the
+    self-refinement adds over the dictionary-only preliminary restoration); ``per_task_steps`` / ``per_task_psnr``
+    at the per-family choice. Groups hold plain means of their tasks' values.
+    """
+    split = _report_split(eval_steps)
+    tasks = eval_steps["splits"][split]
+    tasks_out = _task_entries(tasks, selection, split)
+    groups = _group_entries(tasks, tasks_out)
     return {
         "convention": eval_steps.get("convention", {}),
         "versions": eval_steps.get("versions", {}),
@@ -183,6 +198,24 @@ def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[
         "tasks": tasks_out,
         "groups": groups,
     }
+
+
+def benchmark_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics/benchmarks.json`` document: every benchmark set at the setting selected on validation.
+
+    ``{"convention", "selected": {"scheme", "steps", "per_family"}, "sets": {NAME: {"kind", "tasks": {TASK: <the
+    keys of metrics/eval.json "tasks">}, "groups": {GROUP: <the keys of its "groups">}}}}``; ``{"sets": {}}``
+    when ``eval_steps`` holds no benchmark set. Benchmark sets never take part in the selection.
+    """
+    sets = {}
+    for name, entry in sorted((eval_steps.get("benchmarks") or {}).items()):
+        tasks = entry.get("tasks") or {}
+        tasks_out = _task_entries(tasks, selection, f"benchmark set {name}")
+        sets[name] = {"kind": entry.get("kind"), "tasks": tasks_out,
+                      "groups": _group_entries(tasks, tasks_out) if tasks else {}}
+    return {"convention": eval_steps.get("convention", {}),
+            "selected": {key: selection[key] for key in ("scheme", "steps", "per_family")},
+            "sets": sets}
 
 
 def selection_file(selection: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def test_model_build_arguments_carry_the_overrides():
     (lambda r: r.update(refine_steps=9), "refine_steps=9 exceeds refine.max_steps=3"),
     (lambda r: r.update(refine_steps="sometimes"), "refine_steps"),
     (lambda r: r["tasks"]["derain"].update(steps=[{"sigma": 1}]), "tasks.derain.steps: Value error, degradation step 0"),
-    (lambda r: r["sources"].append({"kind": "folder"}), "sources.1: Value error, a 'folder' source needs 'path'"),
+    (lambda r: r["sources"].append({"kind": "folder"}), "sources[1]: Value error, a 'folder' source needs 'path'"),
     (lambda r: r["splits"].update(val_fraction=0.6, test_fraction=0.5), "val_fraction + test_fraction must be < 1"),
     (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),

@@ -90,7 +90,7 @@ def run_stages(tmp: Path, *stages: str, **param_changes) -> Path:
     params = write_params(tmp / "params.yaml", **param_changes)
     commands = {
         "evaluate": ["evaluate", "--params", str(params), "--model", str(tmp / "models"), "--shards",
-                     str(tmp / "shards"), "--out", str(tmp)],
+                     str(tmp / "shards"), "--benchmarks", str(tmp / "benchmarks"), "--out", str(tmp)],
         "select": ["select", "--params", str(params), "--steps-file", str(tmp / "metrics/eval_steps.json"),
                    "--metrics", str(tmp / "metrics/eval.json"), "--model", str(tmp / "models")],
         "report": ["report", "--params", str(params), "--root", str(tmp), "--out", str(tmp / "reports")],

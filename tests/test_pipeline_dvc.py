@@ -18,7 +18,9 @@ from sipl.cli import SUBCOMMANDS
 from tests.conftest import REPO_ROOT
 from tests.pipeline_fixtures import cli_env, copy_repo, pipeline_repo, run  # noqa: F401  (fixture)
 
-STAGES = ["synthesize", "train", "evaluate", "select", "report"]
+STAGES = ["synthesize", "benchmarks", "train", "evaluate", "select", "report"]
+# Each of these consumes the previous one's outputs; benchmarks feeds evaluate from beside train.
+CHAIN = ["synthesize", "train", "evaluate", "select", "report"]
 
 
 def _dvc_yaml() -> dict:
@@ -55,8 +57,12 @@ def test_stages_form_the_designed_chain_of_sipl_commands():
     # each stage consumes what the previous one produced
     produced = {name: set(_entries(stage, "outs")) | set(_entries(stage, "metrics")) | set(_entries(stage, "plots"))
                 for name, stage in stages.items()}
-    for before, after in zip(STAGES, STAGES[1:]):
+    for before, after in zip(CHAIN, CHAIN[1:]):
         assert produced[before] & set(stages[after]["deps"]), f"{after} does not depend on {before}'s outputs"
+    assert produced["benchmarks"] <= set(stages["evaluate"]["deps"])
+    # benchmark sets never reach training, and their stage needs no model or training shards
+    assert not produced["benchmarks"] & set(stages["train"]["deps"])
+    assert not (produced["synthesize"] | produced["train"]) & set(stages["benchmarks"]["deps"])
 
 
 def test_every_declared_param_exists_and_refine_steps_only_reaches_select():
@@ -68,6 +74,10 @@ def test_every_declared_param_exists_and_refine_steps_only_reaches_select():
             _resolve_param(params, key)
             readers.setdefault(key.split(".")[0], set()).add(name)
     assert readers["refine_steps"] == {"select"}
+    # `-S 'benchmarks=[...]'` re-runs benchmarks and what reads its output, never synthesize or train
+    assert readers["benchmarks"] == {"benchmarks"}
+    assert set(_dvc_yaml()["stages"]["benchmarks"]["params"]) == {"seed", "tasks", "benchmarks", "crops.test",
+                                                                  "shards.encoding", "shards.maxcount"}
     assert "train" not in readers.get("refine", set()) and "synthesize" not in readers.get("profiles", set())
     train_params = _dvc_yaml()["stages"]["train"]["params"]
     assert "profiles.${profile}" in train_params and "profiles" not in train_params
@@ -81,11 +91,13 @@ def test_code_dependencies_exist():
 def test_outputs_match_the_design_table():
     stages = _dvc_yaml()["stages"]
     assert set(_entries(stages["synthesize"], "outs")) == {"data/shards"}
+    assert set(_entries(stages["benchmarks"], "outs")) == {"data/benchmarks"}
     assert set(_entries(stages["train"], "outs")) == {"models/model.safetensors", "models/model.json"}
     assert set(_entries(stages["select"], "outs")) == {"models/selection.json"}
     assert set(_entries(stages["report"], "outs")) == {"reports"}
     metrics = {p: o for s in stages.values() for p, o in _entries(s, "metrics").items()}
-    assert set(metrics) == {"metrics/train.json", "metrics/eval_steps.json", "metrics/eval.json"}
+    assert set(metrics) == {"metrics/train.json", "metrics/eval_steps.json", "metrics/eval.json",
+                            "metrics/benchmarks.json"}
     assert all(o.get("cache") is False for o in metrics.values())
     plots = {p: o for s in stages.values() for p, o in _entries(s, "plots").items()}
     assert plots["plots/psnr_vs_steps.csv"] == {"cache": False, "x": "step", "y": "psnr"}
@@ -118,10 +130,12 @@ def _sha(path: Path) -> str:
 def test_repro_end_to_end_then_nothing_to_do(pipeline_repo, tmp_path):
     repo, env = pipeline_repo["repo"], pipeline_repo["env"]
     assert _stages_run(pipeline_repo["log"]) == STAGES
-    for path in ["data/shards/manifest.json", "models/model.safetensors", "models/model.json",
-                 "models/selection.json", "metrics/train.json", "metrics/eval_steps.json", "metrics/eval.json",
-                 "plots/train.csv", "plots/psnr_vs_steps.csv", "reports/index.html"]:
+    for path in ["data/shards/manifest.json", "data/benchmarks/index.json", "models/model.safetensors",
+                 "models/model.json", "models/selection.json", "metrics/train.json", "metrics/eval_steps.json",
+                 "metrics/eval.json", "metrics/benchmarks.json", "plots/train.csv", "plots/psnr_vs_steps.csv",
+                 "reports/index.html"]:
         assert (repo / path).is_file(), path
+    assert json.loads((repo / "metrics/benchmarks.json").read_text())["sets"] == {}  # `benchmarks: []`
     assert list((repo / "plots/samples").glob("*.png"))
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation["tasks"]) == {"denoise_25", "dehaze"}
@@ -165,6 +179,31 @@ def test_exp_run_refine_steps_reruns_only_select_and_report(pipeline_repo, tmp_p
     params = names["steps-zero"]["data"]["params"]["params.yaml"]["data"]
     assert params["refine_steps"] == 0
     print(f"\n[timing] dvc exp run -S refine_steps=0: {exp_s:.1f}s")
+
+
+@pytest.mark.slow
+def test_exp_run_with_benchmark_sets_reruns_no_training(pipeline_repo, tmp_path):
+    from tests.test_benchmark_sets import make_clean, make_rain
+
+    repo = copy_repo(pipeline_repo["repo"], tmp_path / "repo")
+    env = cli_env(tmp_path)
+    weights, shards = _sha(repo / "models/model.safetensors"), _sha(repo / "data/shards/manifest.json")
+    clean, rain = make_clean(tmp_path / "clean"), make_rain(tmp_path / "rain100l")
+    sets = f"benchmarks=[{{name:dev,kind:clean,path:'{clean}'}},{{name:rain,kind:rain100l,path:'{rain}'}}]"
+    tic = time.perf_counter()
+    result = run(["dvc", "exp", "run", "-S", sets, "--name", "with-sets"], repo, env)
+    exp_s = time.perf_counter() - tic
+    assert _stages_run(result.stdout) == ["benchmarks", "evaluate", "select", "report"], result.stdout
+    assert _sha(repo / "models/model.safetensors") == weights
+    assert _sha(repo / "data/shards/manifest.json") == shards
+    document = json.loads((repo / "metrics/benchmarks.json").read_text())
+    assert set(document["sets"]) == {"dev", "rain"}
+    assert set(document["sets"]["dev"]["tasks"]) == {"denoise_25", "dehaze"}  # the pipeline's tasks
+    assert set(document["sets"]["rain"]["tasks"]) == {"derain"}
+    assert {"psnr", "input_psnr", "step0_psnr"} <= set(document["sets"]["rain"]["tasks"]["derain"])
+    assert "all" in document["sets"]["dev"]["groups"]
+    assert "Benchmark sets" in (repo / "reports/index.html").read_text()
+    print(f"\n[timing] dvc exp run -S benchmarks=[2 tiny sets]: {exp_s:.1f}s")
 
 
 @pytest.mark.slow
