@@ -37,8 +37,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int, str, str]:
-    """(steps, scheme, where the setting came from) from the CLI, models/selection.json and params.yaml."""
+def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int | dict[str, int], str, str]:
+    """(steps, scheme, where the setting came from) from the CLI, models/selection.json and params.yaml.
+
+    With ``--steps auto``, a model with a degradation head and a selection that chose steps per task, ``steps`` is
+    that per-task mapping (plus ``clean``: 0): each image gets the step count of the class the head predicts."""
     from sipl.config import RefineConfig, load_params
     from sipl.errors import SiplError
 
@@ -48,8 +51,15 @@ def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int, str, str
     if args.steps != "auto":
         return args.steps, args.scheme or refine_cfg.scheme, "--steps"
     if "steps" in selected:
-        return int(selected["steps"]), args.scheme or selected.get("scheme", refine_cfg.scheme), \
-            f"{args.model}/selection.json"
+        scheme = args.scheme or selected.get("scheme", refine_cfg.scheme)
+        classes = meta.get("model", {}).get("degradation_classes") or []
+        per_task = selected.get("per_task") or {}
+        if classes and per_task and args.scheme in (None, selected.get("scheme")):
+            from sipl.config import CLEAN_CLASS
+
+            steps = {name: int(per_task.get(name, 0)) for name in classes if name != CLEAN_CLASS}
+            return {CLEAN_CLASS: 0, **steps}, scheme, f"{args.model}/selection.json, per predicted degradation"
+        return int(selected["steps"]), scheme, f"{args.model}/selection.json"
     if params is not None and isinstance(params.refine_steps, int):
         return params.refine_steps, args.scheme or refine_cfg.scheme, f"{args.params} refine_steps"
     raise SiplError(f"{args.model}: no selection.json, so --steps auto has nothing to use; run `sipl select` "
@@ -70,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise SiplError("no input image found; pass image files, folders or glob patterns")
     model, meta = sipl.load_model(args.model)
     steps, scheme, source = resolve_setting(args, meta)
-    print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme} x {steps} step(s) (from {source})",
+    described = (f"{steps} step(s)" if isinstance(steps, int)
+                 else "steps per degradation " + ", ".join(f"{k} {v}" for k, v in steps.items()))
+    print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme}, {described} (from {source})",
           file=sys.stderr)
     summary = restore.run_plan(model, restore_plan, steps, scheme, args.tile, args.tile_overlap,
                                progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))

@@ -12,6 +12,7 @@ and ``-S profiles.tiny.train.steps=500`` changes one knob.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# The degradation head's class of undegraded input (identity training pairs); the other classes are the task names.
+CLEAN_CLASS = "clean"
 
 
 class ConfigError(ValueError):
@@ -122,12 +125,21 @@ class ModelConfig(_Strict):
     backbone: Literal["nafnet", "promptir", "restormer"] = "nafnet"
     size: Literal["tiny", "small", "paper"] = "tiny"
     sipl: bool = True
+    degradation_head: bool = Field(False, description=(
+        "add the degradation head (classifier over 'clean' + the tasks, decoder conditioning; see "
+        "sipl.models.degradation_head); its class names are the task names, so it is built from params 'tasks'"))
     overrides: dict[str, Any] = Field(default_factory=dict)
 
-    def build_arguments(self, sipl: bool | None = None) -> dict[str, Any]:
-        """Keyword arguments of ``build_model`` (``sipl`` given: that mode instead, e.g. the plain baseline)."""
-        return {"backbone": self.backbone, "size": self.size, "sipl": self.sipl if sipl is None else sipl,
-                **self.overrides}
+    def build_arguments(self, sipl: bool | None = None, tasks: list[str] | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``build_model`` (``sipl`` given: that mode instead, e.g. the plain baseline).
+        ``tasks``: the task names, required for the degradation head's classes (``"clean"`` + tasks)."""
+        arguments = {"backbone": self.backbone, "size": self.size, "sipl": self.sipl if sipl is None else sipl,
+                     **self.overrides}
+        if self.degradation_head:
+            if not tasks:
+                raise ValueError("model.degradation_head needs the task names (params.yaml 'tasks')")
+            arguments["degradation_classes"] = [CLEAN_CLASS, *tasks]
+        return arguments
 
 
 class LossConfig(_Strict):
@@ -137,6 +149,8 @@ class LossConfig(_Strict):
     psnr: float = Field(0.0, ge=0.0, description="weight of the per-image log10(MSE) loss (sipl.losses.psnr_loss)")
     rmse: float = Field(0.0, ge=0.0, description="weight of the per-image sqrt(MSE) loss (sipl.losses.rmse_loss)")
     preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
+    degradation: float = Field(0.0, ge=0.0, description=(
+        "weight of the degradation head's cross-entropy against each sample's task (model.degradation_head)"))
 
 
 class TrainConfig(_Strict):
@@ -172,6 +186,9 @@ class TrainConfig(_Strict):
     channel_shuffle: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of training pairs whose RGB channels are put in a random one of the 6 orders (the same for input "
         "and target); valid while every task's degradations treat the channels alike (no tinted airlight)"))
+    fresh_degradations: bool = Field(True, description=(
+        "degrade each training crop afresh at every read with its task's steps (a new draw per read, seeded by "
+        "seed, rank, loader worker, start step and position in the stream); false = train on the shards' fixed lq"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)
@@ -218,6 +235,30 @@ class EvalConfig(_Strict):
     sample_grid_images: int = Field(2, ge=1)
 
 
+# The paired layouts of sipl.benchmark_import.KINDS (not imported here: that module imports this one).
+BENCHMARK_KINDS = ("clean", "cbsd68", "kodak", "rain100l", "sots", "gopro", "lol", "cdd11")
+
+
+class BenchmarkConfig(_Strict):
+    """One field benchmark set scored beside the test split (``sipl benchmarks`` -> ``data/benchmarks/{name}/``).
+
+    ``kind: clean``: a folder of clean images (searched recursively) degraded by every task in ``tasks`` with a seed
+    from (seed, name, task, image); the other kinds are the paired layouts ``sipl import-benchmark`` reads. Whether
+    ``path`` exists and holds that layout is checked when the ``benchmarks`` stage starts."""
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal[BENCHMARK_KINDS]
+    path: str = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise ValueError(f"{name!r} is not a valid set name; use letters, digits, '_' and '-' (it names the "
+                             "folder data/benchmarks/NAME and the key in metrics/benchmarks.json)")
+        return name
+
+
 class PrefectConfig(_Strict):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
@@ -245,6 +286,7 @@ class Params(_Strict):
     refine: RefineConfig = RefineConfig()
     eval: EvalConfig = EvalConfig()
     prefect: PrefectConfig = PrefectConfig()
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
     @field_validator("refine_steps")
     @classmethod
@@ -252,6 +294,17 @@ class Params(_Strict):
         if isinstance(value, int) and value < 0:
             raise ValueError("refine_steps must be 'auto' or an integer >= 0")
         return value
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _distinct_set_names(cls, sets: list[BenchmarkConfig]) -> list[BenchmarkConfig]:
+        first: dict[str, int] = {}
+        for index, item in enumerate(sets):
+            if item.name in first:
+                raise ValueError(f"benchmarks[{index}].name {item.name!r} repeats "
+                                 f"benchmarks[{first[item.name]}].name; give every set its own name")
+            first[item.name] = index
+        return sets
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
@@ -305,7 +358,8 @@ class Params(_Strict):
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters ({error.error_count()} problem(s)):"]
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
+        path = path or "<root>"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against params.yaml's documented keys)"

@@ -4,9 +4,11 @@ Each Ray worker (``rank`` of ``world``) and each of its DataLoader workers reads
 shards: shards are split across the ``world × loader_workers`` reading slots (like WebDataset's ``split_by_node``
 then ``split_by_worker``) after a seeded per-epoch shard shuffle; when a task has fewer shards than slots, every
 slot reads all of them and keeps every n-th sample instead, so no slot is starved. Samples pass a seeded shuffle
-buffer, get a random ``patch`` crop plus one of the 8 flips/rotations (identical for lq and gt; with
-``channel_shuffle`` also a random RGB order), and the task streams are mixed by weight with a seeded generator.
-Every random choice derives from ``(seed, rank, loader worker, start step)``, never from global RNG state.
+buffer; with ``task_steps`` set (``train.fresh_degradations``) the clean crop is degraded afresh by its task's steps at
+every read, so the model never sees the same noise or streak realisation twice; then each pair gets a random
+``patch`` crop plus one of the 8 flips/rotations (identical for lq and gt; with ``channel_shuffle`` also a random RGB
+order), and the task streams are mixed by weight with a seeded generator. Every random choice derives from
+``(seed, rank, loader worker, start step)`` and the position in the stream, never from global RNG state.
 """
 
 from __future__ import annotations
@@ -164,6 +166,19 @@ def paired_channel_order(lq: np.ndarray, gt: np.ndarray,
     return np.ascontiguousarray(lq[..., order]), np.ascontiguousarray(gt[..., order])
 
 
+def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], seed: list[int], task: str = "?",
+                      key: str = "?") -> np.ndarray:
+    """A new degraded version of the clean crop ``gt`` (uint8 H×W×3 -> uint8 H×W×3) by ``steps`` (the task's
+    ``degradations.apply`` steps; ranges drawn afresh), from a generator seeded with ``seed`` only."""
+    import degradations
+
+    try:
+        lq, _ = degradations.apply(steps, gt, np.random.default_rng(seed))
+    except (KeyError, TypeError, ValueError) as error:
+        raise SiplError(f"params.yaml tasks.{task}: degrading training sample {key} failed: {error}") from None
+    return lq
+
+
 # --------------------------------------------------------------------------------------------- streaming
 
 def slot_shards(urls: list[str], slot: int, slots: int, epoch: int, seed: int) -> tuple[list[str], int]:
@@ -207,6 +222,7 @@ class StreamConfig:
     corrupt_samples: str = "skip"
     identity_share: float = 0.0
     channel_shuffle: float = 0.0
+    task_steps: dict[str, list[dict[str, Any]]] | None = None
 
 
 class _Corrupt(Exception):
@@ -220,7 +236,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     samples or shards skipped by this reading slot since the previous yield). With ``identity_share`` > 0 that share
     of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``). With
     ``channel_shuffle`` > 0 that share of the pairs has its RGB channels put in a random one of the 6 orders (the
-    same for lq and gt)."""
+    same for lq and gt). With ``task_steps`` (task -> degradation steps) the shard's lq is ignored and the clean
+    crop is degraded afresh at each read."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -283,10 +300,16 @@ class TrainStream(torch.utils.data.IterableDataset):
         crops = np.random.default_rng([cfg.seed, _MIX_STREAM + 1, cfg.rank, worker, cfg.start_step])
         identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
         channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
+        position = 0
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             sample = next(streams[task])
-            lq, gt = paired_crop_flip(sample.lq, sample.gt, cfg.patch, crops, sample.key)
+            lq = sample.lq
+            if cfg.task_steps is not None:
+                draw = [cfg.seed, _MIX_STREAM + 4, cfg.rank, worker, cfg.start_step, position]
+                lq = fresh_degradation(sample.gt, cfg.task_steps[task], draw, task, sample.key)
+            position += 1
+            lq, gt = paired_crop_flip(lq, sample.gt, cfg.patch, crops, sample.key)
             key = sample.key
             if cfg.channel_shuffle > 0 and channels.random() < cfg.channel_shuffle:
                 lq, gt = paired_channel_order(lq, gt, channels)

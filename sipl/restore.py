@@ -4,6 +4,11 @@ Inputs are files, folders (their image files, not recursive) and glob patterns. 
 ``OUT/{stem}.png`` (a repeated stem gets ``-2``, ``-3``, ...); unreadable ones are listed and skipped. An output
 path that is one of the inputs is refused before anything runs, so an input is never overwritten. Large images are
 processed in tiles (``AUTO_TILE`` unless told otherwise), which bounds memory whatever the image size.
+
+The refinement step count is one number, or per degradation class (``{"clean": 0, "denoise_25": 3, ...}``, the
+per-task choice of ``sipl select``): then a model with a degradation head first classifies each image (on a centre
+crop of at most ``CLASSIFY_SIDE`` pixels, which keeps noise and texture statistics unchanged) and refines it with its
+class's step count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sipl.errors import SiplError
 from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
 
 AUTO_TILE = 512
+CLASSIFY_SIDE = 512
 _GLOB_CHARS = set("*?[")
 
 
@@ -92,6 +98,28 @@ def choose_tile(height: int, width: int, tile: int | None) -> int | None:
     return AUTO_TILE if max(height, width) > AUTO_TILE else None
 
 
+def predict_degradation(model: torch.nn.Module, image: np.ndarray) -> str:
+    """The degradation class the model's head predicts for uint8 H×W×3 ``image`` (a name of
+    ``model.degradation_classes``)."""
+    from sipl.evaluate import to_tensor
+
+    height, width = image.shape[:2]
+    top, left = max(0, (height - CLASSIFY_SIDE) // 2), max(0, (width - CLASSIFY_SIDE) // 2)
+    crop = np.ascontiguousarray(image[top:top + CLASSIFY_SIDE, left:left + CLASSIFY_SIDE])
+    with torch.inference_mode():
+        probabilities = model.classify(to_tensor(crop))
+    return model.degradation_classes[int(probabilities[0].argmax())]
+
+
+def steps_for(model: torch.nn.Module, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
+    """(step count, predicted class or None) for one image: ``steps`` itself when it is a number; else the count
+    of the class the model predicts (0 for a class ``steps`` does not list)."""
+    if isinstance(steps, int):
+        return steps, None
+    label = predict_degradation(model, image)
+    return int(steps.get(label, 0)), label
+
+
 def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme: str, tile: int | None,
                   tile_overlap: int = 16) -> np.ndarray:
     """Restore one image.
@@ -115,13 +143,16 @@ def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme:
     return to_uint8(output)
 
 
-def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int, scheme: str, tile: int | None,
+def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
+             tile: int | None,
              tile_overlap: int = 16, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Restore every planned file, one at a time (tqdm progress bar on stderr).
+    """Restore every planned file, one at a time (tqdm progress bar on stderr). ``steps``: a step count, or step
+    counts per degradation class (the model's head picks the class of each image, see ``steps_for``).
 
     Returns:
-        ``{"done": [{"input", "output", "size", "seconds", "notes"}], "failed": [{"input", "reason"}]}``.
+        ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation"}],
+        "failed": [{"input", "reason"}]}``.
     """
     from tqdm import tqdm
 
@@ -138,11 +169,14 @@ def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int, sche
             emit(f"skipped {src}: {error}")
             continue
         height, width = image.shape[:2]
-        restored = restore_array(model, image, steps, scheme, choose_tile(height, width, tile), tile_overlap)
+        image_steps, label = steps_for(model, image, steps)
+        restored = restore_array(model, image, image_steps, scheme, choose_tile(height, width, tile), tile_overlap)
         write_png_atomic(restored, dst)
         seconds = time.perf_counter() - start
+        if label is not None:
+            notes = [f"looks like {label}: {image_steps} refinement step(s)", *notes]
         done.append({"input": str(src), "output": str(dst), "size": [height, width], "seconds": round(seconds, 3),
-                     "notes": notes})
+                     "notes": notes, "steps": image_steps, "degradation": label})
         line = f"{src} -> {dst} ({width}x{height}, {seconds:.2f} s{'; ' + '; '.join(notes) if notes else ''})"
         emit(line)
     return {"done": done, "failed": failed}

@@ -55,11 +55,13 @@ class _StepModule(torch.nn.Module):
         self.pixel_loss = pixel_loss
         self.step_options = step_options
 
-    def forward(self, lq: torch.Tensor, gt: torch.Tensor,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, lq: torch.Tensor, gt: torch.Tensor, generator: torch.Generator | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        weight = self.step_options.get("degradation_weight", 0.0)
         if not getattr(self.model, "sipl", False):
-            return self.model.training_step(lq, gt, self.pixel_loss)
-        return self.model.training_step(lq, gt, self.pixel_loss, generator=generator, **self.step_options)
+            return self.model.training_step(lq, gt, self.pixel_loss, labels=labels, degradation_weight=weight)
+        return self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels,
+                                        **self.step_options)
 
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
@@ -68,7 +70,25 @@ def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
 
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
                        random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
-                       privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share)
+                       privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share,
+                       degradation_weight=cfg.loss.degradation)
+
+
+def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
+    """Class index (into ``model.degradation_classes``) of every sample of a batch: ``"clean"`` for identity pairs
+    (keys ending in ``#clean``), else the sample's task; None when the model has no degradation head."""
+    from sipl.config import CLEAN_CLASS
+
+    classes = list(getattr(model, "degradation_classes", None) or [])
+    if not classes:
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        return torch.tensor([index[CLEAN_CLASS if key.endswith("#clean") else task]
+                             for key, task in zip(batch["keys"], batch["tasks"])], dtype=torch.long)
+    except KeyError as error:
+        raise SiplError(f"training sample of task {error} has no class in the model's degradation head "
+                        f"({classes}); the model was built for other tasks") from None
 
 
 class Throughput:
@@ -166,12 +186,19 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
         sync = wrapped.no_sync() if not last and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
         with sync:
             generator = torch.Generator().manual_seed(step_seed) if step_seed is not None else None
+            labels = degradation_labels(_inner_model(wrapped), batch)
             with autocast or contextlib.nullcontext():
-                out = wrapped(lq, gt, generator)
+                out = wrapped(lq, gt, generator, labels)
             (out["loss"] / count).backward()
         for name, value in out.items():
             terms[name] = terms.get(name, 0.0) + float(value.detach()) / count
     return terms
+
+
+def _inner_model(wrapped: torch.nn.Module) -> torch.nn.Module:
+    """The restoration model inside a step module, DDP-wrapped or not."""
+    inner = getattr(wrapped, "module", wrapped)
+    return getattr(inner, "model", inner)
 
 
 def unused_parameters(step_module: _StepModule, device: torch.device, side: int = 32) -> list[str]:
@@ -318,7 +345,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         torch.set_num_threads(int(spec["threads"]))
 
     torch.manual_seed(params.seed)
-    model = build_model(**model_cfg.build_arguments()).to(device)
+    model = build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
@@ -351,7 +378,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
                           corrupt_samples=cfg.corrupt_samples, identity_share=cfg.identity_share,
-                          channel_shuffle=cfg.channel_shuffle)
+                          channel_shuffle=cfg.channel_shuffle, task_steps=spec.get("task_steps"))
     loader = train_loader(stream, plan["micro_batch"], cfg.loader_workers) if start_step < spec["steps"] else None
     val_sets = load_val(spec["val_urls"], cfg.val_max_samples) if rank == 0 else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") \
@@ -518,7 +545,10 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     val_urls = check_shards(root, tasks, "val", required=False, manifest=manifest)
     weights = task_weights({t: params.tasks[t].family for t in tasks}, cfg.task_weights)
     threads = params.ray.threads_per_worker or max(1, int(params.ray.cpus_per_worker))
+    task_steps = ({t: params.tasks[t].model_dump(mode="json")["steps"] for t in tasks}
+                  if cfg.fresh_degradations else None)
     return {"params": params.model_dump(mode="json"), "train_urls": train_urls, "val_urls": val_urls,
+            "task_steps": task_steps,
             "weights": weights, "plan": asdict(plan), "fingerprint": fingerprint(params, train_urls, manifest),
             "threads": threads, "steps": cfg.steps, "stop_at_step": stop_at_step, "pid_dir": pid_dir}
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from sipl.config import parse_params
-from sipl.data import (StreamConfig, TrainStream, check_shards, paired_crop_flip, slot_shards, task_weights)
+from sipl.data import (StreamConfig, TrainStream, check_shards, fresh_degradation, paired_crop_flip, slot_shards,
+                       task_weights)
 from sipl.errors import SiplError
 
 torch.set_num_threads(1)
@@ -224,6 +225,37 @@ def test_stream_channel_shuffle_reorders_input_and_target_alike(shards):
     plain = _take(_stream(shards), 240)
     reordered = sum(not np.array_equal(a["gt"], b["gt"]) for a, b in zip(plain, half))
     assert 0.3 < reordered / len(half) < 0.55  # half the pairs drawn, 5 of their 6 orders differ from RGB
+
+
+def test_fresh_degradations_draw_anew_at_every_read_and_repeat_for_the_same_seed(shards):
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    first = _take(_stream(shards, patch=32, task_steps=steps), 400)
+    again = _take(_stream(shards, patch=32, task_steps=steps), 400)
+    later = _take(_stream(shards, patch=32, task_steps=steps, start_step=5), 400)
+    # the same (seed, start step) gives the same pixels
+    assert all(np.array_equal(a["lq"], b["lq"]) and a["key"] == b["key"] for a, b in zip(first, again))
+    assert any(not np.array_equal(a["lq"], b["lq"]) for a, b in zip(first, later))
+    # the same crop in the same orientation, read twice, gets two different noise draws
+    seen: dict[tuple[str, bytes], np.ndarray] = {}
+    repeats = 0
+    for item in first:
+        if item["task"] != "denoise":
+            continue
+        marker = (item["key"], item["gt"].tobytes())
+        if marker in seen:
+            repeats += 1
+            assert not np.array_equal(seen[marker], item["lq"]), item["key"]
+        seen[marker] = item["lq"]
+    assert repeats > 0
+    # the shards' own lq is not used: the input is the task's degradation of the clean crop
+    noise = np.concatenate([(i["lq"].astype(float) - i["gt"]).ravel() for i in first if i["task"] == "denoise"])
+    assert 20 < noise.std() < 30
+
+
+def test_fresh_degradation_names_the_task_on_bad_steps():
+    gt = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(SiplError, match="tasks.broken"):
+        fresh_degradation(gt, [{"name": "gaussian_noise", "sigma": "loud"}], [0, 1], "broken", "k")
 
 
 def test_stream_skips_corrupt_samples(shards):

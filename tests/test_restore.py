@@ -55,7 +55,7 @@ def test_folder_of_mixed_images(model_dir, mixed_folder, tmp_path, capsys):
     for name in written:
         with Image.open(out / name) as image:
             assert image.mode == "RGB" and image.size == (90, 60)
-    assert "broken.png" in err and "official x 1 step(s)" in err
+    assert "broken.png" in err and "official, 1 step(s)" in err
     assert "L converted to RGB" in err  # per-image notes are reported
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary leftovers
 

@@ -15,6 +15,8 @@ BACKBONES = {
     "restormer": (restormer.Restormer, restormer.PRESETS, restormer.SIPL_PRESETS),
 }
 SIZES = ("tiny", "small", "paper")
+# Degradation-head arguments of SIPLModel, accepted for every backbone and size (default: no head).
+HEAD_KEYS = {"degradation_classes", "global_affine"}
 
 
 def _plain(value: Any) -> Any:
@@ -36,7 +38,7 @@ def build_model(backbone: str = "nafnet", size: str = "tiny", sipl: bool = True,
         raise ValueError(f"unknown size {size!r}; available: {list(SIZES)}")
     constructor, presets, sipl_presets = BACKBONES[backbone]
     backbone_keys = set(inspect.signature(constructor).parameters)
-    sipl_keys = set(sipl_presets[size])
+    sipl_keys = set(sipl_presets[size]) | HEAD_KEYS
     unknown = sorted(set(overrides) - backbone_keys - sipl_keys)
     if unknown:
         raise ValueError(f"unknown model override(s) {unknown} for backbone {backbone!r}; allowed: "

@@ -4,6 +4,10 @@ Forward passes are split so that an input's encoder runs once however many decod
 ``state = model.encode(x)``; ``model.decode(state, privileged=None)`` (dictionary-only when ``privileged`` is None).
 Privileged features are the backbone's own encoder maps ``[enc level 2, enc level 3, latent]`` of a clean-ish image
 (``model.encode_privileged(image)``); they only enter the decoder, through the fusion modules.
+
+With ``degradation_classes`` (names, e.g. ``["clean", "denoise_25", ...]``) the model also carries a
+``DegradationHead``: every decoder pass of an input is conditioned on the predicted degradation of that input and, with
+``global_affine``, corrected by a predicted per-channel gain and bias (``sipl.models.degradation_head``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sipl.models.common import Backbone, EncoderState
+from sipl.models.degradation_head import Conditioning, DegradationHead, modulate
 from sipl.models.proxy_fusion import ProxyFusion
 
 # SIPL arguments per backbone and size live next to each backbone's PRESETS (SIPL_PRESETS); the heads per fusion
@@ -36,7 +41,10 @@ class SIPLModel(nn.Module):
 
     def __init__(self, backbone: Backbone, sipl: bool = True, dict_sizes: Sequence[int] = (8, 8, 8),
                  absorb_heads: Sequence[int] = (1, 2, 1), read_heads: Sequence[int] = (1, 2, 4),
-                 fusion_ffn: float = 2.0, dict_init: str = "normal", config: dict[str, Any] | None = None) -> None:
+                 fusion_ffn: float = 2.0, dict_init: str = "normal", degradation_classes: Sequence[str] = (),
+                 global_affine: bool = False, config: dict[str, Any] | None = None) -> None:
+        """``degradation_classes``: class names of the degradation head (empty: no head); ``global_affine``: the head
+        also predicts an output gain and bias (needs ``degradation_classes``)."""
         super().__init__()
         self.backbone = backbone
         self.sipl = bool(sipl)
@@ -53,6 +61,11 @@ class SIPLModel(nn.Module):
             ])
         else:
             self.fusion = None
+        self.degradation_classes = [str(name) for name in degradation_classes]
+        if global_affine and not self.degradation_classes:
+            raise ValueError("global_affine needs degradation_classes (the head that predicts the gain and bias)")
+        self.head = (DegradationHead(backbone.fusion_channels, len(self.degradation_classes),
+                                     global_affine=global_affine) if self.degradation_classes else None)
 
     # ---------------------------------------------------------------------------------------------- passes
 
@@ -75,22 +88,51 @@ class SIPLModel(nn.Module):
             raise ValueError(f"privileged features: expected 3 maps (enc2, enc3, latent), got {len(features)}")
         return features
 
+    def condition(self, state: EncoderState) -> Conditioning | None:
+        """The degradation head's prediction for an encoder state (None without a head)."""
+        if self.head is None:
+            return None
+        h, w = state.size
+        return self.head(state.image[..., :h, :w])
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Degradation class probabilities N×K of N×3×H×W inputs (order: ``degradation_classes``)."""
+        if self.head is None:
+            raise ValueError("this model has no degradation head (built without degradation_classes)")
+        return self.condition(self.encode(x)).logits.softmax(dim=1)
+
+    def _finish(self, state: EncoderState, out: Tensor, condition: Conditioning | None) -> Tensor:
+        if condition is None or condition.gain is None:
+            return out
+        h, w = state.size
+        x = state.image[..., :h, :w]
+        return out + x * condition.gain.to(out.dtype) + condition.bias.to(out.dtype)
+
     def decode(self, state: EncoderState, privileged: Privileged = None, mix: Tensor | None = None,
-               dictionary_only: int = 0) -> Tensor:
+               dictionary_only: int = 0, condition: Conditioning | None = None) -> Tensor:
         """Restore from an encoder state. ``privileged``: None (dictionary-only path), 3 feature maps, or an
         M×3×H×W image (its features are computed under no_grad). ``dictionary_only``: the first that many samples
         of the batch take the dictionary-only path and ``privileged`` covers the remaining M. ``mix``: optional
         per-sample weights M in [0,1] blending each level's ensemble with the raw dictionary (the official random
-        proxy)."""
+        proxy). ``condition``: the head's prediction for ``state`` when the caller already has it (computed here
+        otherwise)."""
+        if condition is None:
+            condition = self.condition(state)
+        film = condition.film if condition is not None else [None, None, None]
         if not self.sipl:
-            return self.backbone.decode(state)
+            hooks = [None if f is None else (lambda feature, f=f: modulate(feature, f)) for f in film]
+            return self._finish(state, self.backbone.decode(state, hooks), condition)
         features = self._as_features(privileged)
         batch = state.image.shape[0]
         hooks = []
         for level, fusion in enumerate(self.fusion):
             ensemble = fusion.ensemble(None if features is None else features[level], batch, mix, dictionary_only)
-            hooks.append(lambda feature, fusion=fusion, ensemble=ensemble: fusion(feature, ensemble))
-        return self.backbone.decode(state, hooks)
+            if film[level] is None:
+                hooks.append(lambda feature, fusion=fusion, ensemble=ensemble: fusion(feature, ensemble))
+            else:
+                hooks.append(lambda feature, fusion=fusion, ensemble=ensemble, f=film[level]:
+                             fusion(modulate(feature, f), ensemble))
+        return self._finish(state, self.backbone.decode(state, hooks), condition)
 
     def forward(self, x: Tensor, privileged: Privileged = None) -> Tensor:
         return self.decode(self.encode(x), privileged)
@@ -100,7 +142,8 @@ class SIPLModel(nn.Module):
     def training_step(self, lq: Tensor, gt: Tensor, pixel_loss: PixelLoss, preliminary_weight: float = 0.5,
                       random_proxy: bool = False, generator: torch.Generator | None = None,
                       self_privileged: float = 0.0, privileged_source: str = "restoration",
-                      preliminary_share: float | None = None) -> dict[str, Tensor]:
+                      preliminary_share: float | None = None, labels: Tensor | None = None,
+                      degradation_weight: float = 0.0) -> dict[str, Tensor]:
         """One SIPL training forward. lq, gt: N×3×H×W in [0,1]. Returns {"loss", "main"} plus "preliminary" when
         ``preliminary_weight > 0`` (SIPL mode only); "loss" is the total to backprop.
 
@@ -119,10 +162,17 @@ class SIPLModel(nn.Module):
         ``self_privileged``: the fraction of batches (drawn from ``generator``) whose privileged features come from the
         model's own preliminary restoration of ``lq`` instead. That is exactly what a refinement step sees at test
         time, so it teaches the fused path to improve on the preliminary output rather than to trust near-clean
-        features it never gets after training; it also skips the no-grad GT restoration."""
+        features it never gets after training; it also skips the no-grad GT restoration.
+
+        ``labels`` (N class indices into ``degradation_classes``) with ``degradation_weight > 0``: adds the
+        cross-entropy of the degradation head ("degradation") to the loss."""
         if not self.sipl:
-            main = pixel_loss(self(lq), gt)
-            return {"loss": main, "main": main}
+            state = self.encode(lq)
+            condition = self.condition(state)
+            main = pixel_loss(self.decode(state, condition=condition), gt)
+            out = {"main": main}
+            out["loss"] = main + self._degradation_loss(condition, labels, degradation_weight, out)
+            return out
         if privileged_source not in PRIVILEGED_SOURCES:
             raise ValueError(f"privileged_source {privileged_source!r} is not one of {PRIVILEGED_SOURCES}")
         use_own = self_privileged > 0 and float(torch.rand((), generator=generator)) < self_privileged
@@ -132,11 +182,14 @@ class SIPLModel(nn.Module):
             n_dict = dictionary_only_count(lq.shape[0], preliminary_share, generator)
             order = torch.randperm(lq.shape[0], generator=generator).to(lq.device)
             lq, gt = lq[order], gt[order]
+            labels = labels[order.to(labels.device)] if labels is not None else None
         state = self.encode(lq)
-        preliminary = self.decode(state) if preliminary_weight > 0 and not split else None
+        condition = self.condition(state)
+        preliminary = (self.decode(state, condition=condition) if preliminary_weight > 0 and not split else None)
         with torch.no_grad():
             if use_own:
-                source = preliminary.detach() if preliminary is not None else self.decode(rows(state, n_dict))
+                source = (preliminary.detach() if preliminary is not None
+                          else self.decode(rows(state, n_dict), condition=rows_condition(condition, n_dict)))
             elif privileged_source == "restoration":
                 source = self.decode(self.encode(gt[n_dict:]))
             else:
@@ -145,7 +198,7 @@ class SIPLModel(nn.Module):
         mix = None
         if random_proxy:
             mix = torch.rand(lq.shape[0] - n_dict, generator=generator).to(lq.device)
-        restored = self.decode(state, privileged, mix, dictionary_only=n_dict)
+        restored = self.decode(state, privileged, mix, dictionary_only=n_dict, condition=condition)
         main = pixel_loss(restored[n_dict:], gt[n_dict:])
         out = {"main": main}
         loss = main
@@ -153,8 +206,18 @@ class SIPLModel(nn.Module):
             out["preliminary"] = (pixel_loss(restored[:n_dict], gt[:n_dict]) if split
                                   else pixel_loss(preliminary, gt))
             loss = loss + preliminary_weight * out["preliminary"]
-        out["loss"] = loss
+        out["loss"] = loss + self._degradation_loss(condition, labels, degradation_weight, out)
         return out
+
+    @staticmethod
+    def _degradation_loss(condition: Conditioning | None, labels: Tensor | None, weight: float,
+                          out: dict[str, Tensor]) -> Tensor | float:
+        """``weight`` × cross-entropy of the head's logits against ``labels`` (recorded as ``out["degradation"]``);
+        0 without a head, labels or weight."""
+        if condition is None or labels is None or weight <= 0:
+            return 0.0
+        out["degradation"] = nn.functional.cross_entropy(condition.logits.float(), labels.to(condition.logits.device))
+        return weight * out["degradation"]
 
 
 def dictionary_only_count(batch: int, share: float, generator: torch.Generator | None = None) -> int:
@@ -168,6 +231,15 @@ def dictionary_only_count(batch: int, share: float, generator: torch.Generator |
                          "or set preliminary_share to null")
     u = float(torch.rand((), generator=generator))
     return min(max(int(batch * share + u), 1), batch - 1)
+
+
+def rows_condition(condition: Conditioning | None, start: int) -> Conditioning | None:
+    """The head's prediction for samples ``start:`` of a batch."""
+    if condition is None:
+        return None
+    return Conditioning(condition.logits[start:], [(s[start:], b[start:]) for s, b in condition.film],
+                        None if condition.gain is None else condition.gain[start:],
+                        None if condition.bias is None else condition.bias[start:])
 
 
 def rows(state: EncoderState, start: int) -> EncoderState:

@@ -1,0 +1,97 @@
+"""Degradation awareness for a blind all-in-one restorer: classify the input's degradation, condition the decoder on
+it, and correct the global colour level.
+
+One small head reads the input through its own little encoder (three stride-2 convolutions, pooled to the mean and
+standard deviation of each channel: a degradation encoder as in AirNet, separate from the restorer so that its
+features serve telling degradations apart) plus the input's per-channel mean, standard deviation and mean absolute
+gradient (noise raises it, blur lowers it), layer-normalised, and predicts
+
+- ``logits`` over the degradation classes the model was trained on (``"clean"`` plus one per task); trained with a
+  cross-entropy loss on the known task of every training sample, the way AirNet and PromptIR tell degradations apart
+  (there implicitly), and used at test time to pick per-family refinement settings;
+- per-channel FiLM scales and shifts for the three fused decoder levels, computed from the class *probabilities*, so
+  the decoder behaves differently for different degradations (a blind model otherwise applies the mix's average
+  correction everywhere: haze removal to blurred images, brightening to clean ones);
+- a per-channel gain and bias added to the output as ``x·gain + bias`` next to the residual (the global affine of
+  dehazing models such as DehazeFormer's ``K·I − B + I``), so large global level changes (haze, low light) need not
+  be built pixel by pixel through the residual.
+
+Everything that acts on the image or the features starts at exactly zero, so a new head is the identity. The gain
+and bias are the affine layer's output times ``AFFINE_SCALE``: one weight of the layer then moves the gain by a tenth
+of the learning rate per Adam step, so a gain shared by every pixel cannot jump between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+AFFINE_SCALE = 0.1
+IMAGE_STATS = 9  # per channel: mean, standard deviation, mean absolute gradient
+
+
+@dataclass
+class Conditioning:
+    """Output of ``DegradationHead``: ``logits`` N×K; ``film`` per fused level (scale, shift), each N×C×1×1;
+    ``gain``, ``bias`` N×3×1×1 (None when the head has no global affine)."""
+
+    logits: Tensor
+    film: list[tuple[Tensor, Tensor]]
+    gain: Tensor | None
+    bias: Tensor | None
+
+
+class DegradationHead(nn.Module):
+    """Degradation classifier + decoder FiLM + global affine from pooled features.
+
+    ``level_channels``: channels of the three fused decoder levels;
+    ``classes``: number of degradation classes (>= 2); ``global_affine``: predict the output gain and bias."""
+
+    def __init__(self, level_channels: Sequence[int], classes: int, hidden: int = 64, width: int = 16,
+                 global_affine: bool = True) -> None:
+        super().__init__()
+        if classes < 2:
+            raise ValueError(f"degradation_classes needs at least 2 names (clean + one task), got {classes}")
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.GELU())
+        features = 8 * width + IMAGE_STATS
+        self.body = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, hidden), nn.GELU(),
+                                  nn.Linear(hidden, hidden), nn.GELU())
+        self.classify = nn.Linear(hidden, classes)
+        self.film = nn.ModuleList([nn.Linear(classes, 2 * c) for c in level_channels])
+        self.affine = nn.Linear(hidden, 6) if global_affine else None
+        with torch.no_grad():
+            for layer in [*self.film, *([self.affine] if self.affine is not None else [])]:
+                layer.weight.zero_()
+                layer.bias.zero_()
+
+    def forward(self, image: Tensor) -> Conditioning:
+        """``image``: N×3×H×W input in [0, 1] (H, W >= 8)."""
+        image = image.float()
+        latent = self.encoder(image)
+        gradient = ((image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=(2, 3))
+                    + (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=(2, 3)))
+        stats = torch.cat([latent.mean(dim=(2, 3)), latent.std(dim=(2, 3)), image.mean(dim=(2, 3)),
+                           image.std(dim=(2, 3)), gradient], dim=1)
+        hidden = self.body(stats)
+        logits = self.classify(hidden)
+        probabilities = logits.softmax(dim=1)
+        film = []
+        for layer in self.film:
+            scale, shift = layer(probabilities)[..., None, None].chunk(2, dim=1)
+            film.append((scale, shift))
+        gain = bias = None
+        if self.affine is not None:
+            gain, bias = (AFFINE_SCALE * self.affine(hidden))[..., None, None].chunk(2, dim=1)
+        return Conditioning(logits, film, gain, bias)
+
+
+def modulate(feature: Tensor, film: tuple[Tensor, Tensor]) -> Tensor:
+    """``feature·(1 + scale) + shift`` (N×C×H×W with N×C×1×1 scale and shift)."""
+    scale, shift = film
+    return feature * (1 + scale.to(feature.dtype)) + shift.to(feature.dtype)
