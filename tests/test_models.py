@@ -265,3 +265,58 @@ def test_paper_parameter_counts():
     assert dictionary_parameters((96, 192, 384), (64, 32, 16)) == 688_128
     assert sum(p.numel() for p in sipl.fusion.parameters()) == 4_651_595
     assert abs(n_params(restormer) / 26.13e6 - 1) < 0.005
+
+
+# ------------------------------------------------------------------------------------------ degradation head
+
+HEAD_CLASSES = ["clean", "denoise", "dehaze"]
+
+
+@pytest.mark.parametrize("sipl", [True, False])
+def test_degradation_head_starts_as_the_identity_of_the_model_without_it(sipl):
+    torch.manual_seed(0)
+    plain = build_model("nafnet", "tiny", sipl=sipl)
+    torch.manual_seed(0)
+    headed = build_model("nafnet", "tiny", sipl=sipl, degradation_classes=HEAD_CLASSES, global_affine=True)
+    headed.load_state_dict(plain.state_dict(), strict=False)  # same backbone and fusion weights
+    x = torch.rand(2, 3, 24, 40)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), headed(x), atol=1e-6)
+        probabilities = headed.classify(x)
+    assert probabilities.shape == (2, len(HEAD_CLASSES))
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
+
+
+def test_degradation_head_learns_the_labels_and_reaches_the_output():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
+    from sipl.losses import l1
+
+    dark, noisy = torch.rand(4, 3, 32, 32) * 0.1, (0.5 + 0.3 * torch.randn(4, 3, 32, 32)).clamp(0, 1)
+    lq = torch.cat([dark, noisy])
+    labels = torch.tensor([2] * 4 + [1] * 4)
+    out = model.training_step(lq, lq, l1, labels=labels, degradation_weight=1.0, preliminary_share=0.5,
+                              generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"loss", "main", "preliminary", "degradation"}
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = model.training_step(lq, lq, l1, labels=labels, degradation_weight=1.0)["degradation"]
+        loss.backward()
+        optimizer.step()
+    assert model.classify(lq).argmax(dim=1).tolist() == labels.tolist()
+    # the gain and bias are trained by the pixel loss too: they got a gradient
+    model.zero_grad()
+    model.training_step(lq, (lq * 1.5).clamp(0, 1), l1)["loss"].backward()
+    assert model.head.affine.weight.grad.abs().sum() > 0
+
+
+def test_degradation_head_config_round_trip_and_errors():
+    model = build_model("nafnet", "tiny", degradation_classes=HEAD_CLASSES, global_affine=True)
+    rebuilt = build_model(**json.loads(json.dumps(model.config)))
+    assert rebuilt.degradation_classes == HEAD_CLASSES
+    rebuilt.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="global_affine needs degradation_classes"):
+        build_model("nafnet", "tiny", global_affine=True)
+    with pytest.raises(ValueError, match="at least 2"):
+        build_model("nafnet", "tiny", degradation_classes=["clean"])

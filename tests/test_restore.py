@@ -111,3 +111,30 @@ def test_steps_auto_needs_a_selection(tmp_path):
     assert resolve_setting(args, {"selected": {"steps": 2, "scheme": "official"}})[:2] == (2, "official")
     forced = argparse.Namespace(params=str(tmp_path / "none.yaml"), steps=3, scheme="official", model="models")
     assert resolve_setting(forced, {"selected": {"steps": 2}})[:2] == (3, "official")
+
+
+def test_steps_per_predicted_degradation(tmp_path):
+    from pipelines.restore import resolve_setting
+    from sipl.models import build_model
+
+    meta = {"model": {"degradation_classes": ["clean", "denoise_25", "deblur"]},
+            "selected": {"steps": 3, "scheme": "anchored", "per_task": {"denoise_25": 2, "deblur": 0}}}
+    args = argparse.Namespace(params=str(tmp_path / "none.yaml"), steps="auto", scheme=None, model="models")
+    steps, scheme, source = resolve_setting(args, meta)
+    assert steps == {"clean": 0, "denoise_25": 2, "deblur": 0} and scheme == "anchored"
+    assert "per predicted degradation" in source
+    # a forced scheme other than the selected one falls back to the global step count
+    other = argparse.Namespace(params=str(tmp_path / "none.yaml"), steps="auto", scheme="official", model="models")
+    assert resolve_setting(other, meta)[0] == 3
+
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", degradation_classes=["clean", "denoise_25", "deblur"]).eval()
+    with torch.no_grad():  # make the head always answer "deblur"
+        model.head.classify.weight.zero_()
+        model.head.classify.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    image = data.chelsea()[:40, :56]
+    assert restore.steps_for(model, image, steps) == (0, "deblur")
+    assert restore.steps_for(model, image, 2) == (2, None)
+    with torch.no_grad():
+        model.head.classify.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    assert restore.steps_for(model, image, steps) == (2, "denoise_25")
