@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     # The grids come from the reporting split: test when evaluated, else the last split.
     grid_split = "test" if "test" in params.eval.splits else params.eval.splits[-1]
 
+    from sipl.config import CLEAN_CLASS
+
+    class_families = {CLEAN_CLASS: CLEAN_CLASS, **{name: task.family for name, task in params.tasks.items()}}
+
     def say(message: str) -> None:
         print(f"sipl evaluate: {message}", file=sys.stderr, flush=True)
 
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             model, samples_by_task, schemes=list(params.refine.schemes), max_steps=params.refine.max_steps,
             tile=params.eval.tile, tile_overlap=params.eval.tile_overlap, use_classical=params.eval.classical,
             grid_scheme=grid_scheme if split == grid_split else None, grid_images=params.eval.sample_grid_images,
-            max_images=params.eval.max_images_per_task, progress=lambda m, s=split: say(f"{s} {m}"))
+            max_images=params.eval.max_images_per_task, progress=lambda m, s=split: say(f"{s} {m}"),
+            class_families=class_families)
         splits[split] = results
         if split == grid_split:
             all_grids = grids
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         results, _ = evaluate.evaluate_split(
             model, samples_by_task, schemes=list(params.refine.schemes), max_steps=params.refine.max_steps,
             tile=params.eval.tile, tile_overlap=params.eval.tile_overlap, use_classical=params.eval.classical,
-            max_images=params.eval.max_images_per_task, progress=lambda m, s=name: say(f"benchmark {s} {m}"))
+            max_images=params.eval.max_images_per_task, progress=lambda m, s=name: say(f"benchmark {s} {m}"),
+            class_families=class_families)
         benchmark_sets[name] = {"kind": entry.get("kind"), "path": entry.get("path"), "tasks": results,
                                 "groups": evaluate.group_averages(results) if results else {}}
 
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         "convention": metrics.CONVENTION,
         "versions": metrics.library_versions(),
         "model": meta.get("model", {}),
+        # sipl restore refines each image with its predicted class's step count when the model has a head
+        "routing": "per_degradation" if getattr(model, "head", None) is not None else "global",
         "refine": {"max_steps": params.refine.max_steps, "schemes": list(params.refine.schemes),
                    "scheme": params.refine.scheme, "tile": params.eval.tile, "tile_overlap": params.eval.tile_overlap},
         "seconds_note": "cumulative model seconds per image to reach the step (scoring excluded); with eval.tile "

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise SiplError(f"{steps_file}: not an evaluation file (no 'splits'); re-run `sipl evaluate`")
 
     chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
-                              schemes=list(params.refine.schemes))
+                              schemes=list(params.refine.schemes), min_gain_db=params.refine.min_gain_db)
     document = selection.eval_metrics(eval_steps, chosen)
     benchmark_document = selection.benchmark_metrics(eval_steps, chosen)
     model_dir = Path(args.model)

@@ -224,6 +224,9 @@ class RefineConfig(_Strict):
     max_steps: int = Field(3, ge=0)
     schemes: list[Literal["official", "anchored"]] = Field(default_factory=lambda: ["official", "anchored"], min_length=1)
     scheme: Literal["official", "anchored"] = "anchored"
+    min_gain_db: float = Field(0.0, ge=0.0, description=(
+        "auto selection: a step count above 0 must beat step 0 by this many dB of mean validation PSNR (globally, "
+        "and for each family without any of its tasks losing more), else step 0 is kept"))
 
 
 class EvalConfig(_Strict):

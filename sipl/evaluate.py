@@ -3,7 +3,9 @@
 For every image the refinement chain runs once per scheme up to ``refine.max_steps``; each yielded step is scored
 as it comes (RGB and Y PSNR/SSIM, see ``sipl.metrics``) together with the cumulative model time to reach it. The
 degraded input and, where the family has one, a classical baseline (``sipl.classical``) are scored too. Per-task
-values are plain means over images; group values are plain means over tasks.
+values are plain means over images; group values are plain means over tasks. A model with a degradation head also
+classifies every input as ``sipl restore`` does; each task records how often the predicted class is the task itself
+(``accuracy``) or one of its family (``family_accuracy``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class TaskAccumulator:
     classical: dict[str, list[float]] = field(default_factory=dict)
     classical_method: str | None = None
     steps: dict[tuple[str, int], dict[str, list[float]]] = field(default_factory=dict)
+    predicted: dict[str, int] = field(default_factory=dict)
+    task: str = ""
+    class_families: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def _add(target: dict[str, list[float]], values: dict[str, float]) -> None:
@@ -51,6 +56,13 @@ class TaskAccumulator:
                      if name == scheme}
             for scheme in self.schemes
         }
+        if self.predicted:
+            total = sum(self.predicted.values())
+            same_family = sum(n for name, n in self.predicted.items()
+                              if self.class_families.get(name) == self.family)
+            out["degradation"] = {"accuracy": round(self.predicted.get(self.task, 0) / total, 6),
+                                  "family_accuracy": round(same_family / total, 6),
+                                  "predicted": dict(sorted(self.predicted.items()))}
         return out
 
 
@@ -77,6 +89,11 @@ def evaluate_sample(model: torch.nn.Module, sample: Sample, acc: TaskAccumulator
 
     lq, gt = to_tensor(sample.lq), to_tensor(sample.gt)
     acc.images += 1
+    if getattr(model, "head", None) is not None:
+        from sipl.refine import predict_degradation
+
+        label = predict_degradation(model, sample.lq)
+        acc.predicted[label] = acc.predicted.get(label, 0) + 1
     acc._add(acc.input, _score(lq, gt))
     if use_classical and classical.method_name(acc.family):
         start = time.perf_counter()
@@ -178,12 +195,14 @@ def evaluate_split(model: torch.nn.Module, samples_by_task: dict[str, tuple[str,
                    schemes: list[str], max_steps: int, tile: int | None = None, tile_overlap: int = 16,
                    use_classical: bool = True, grid_scheme: str | None = None, grid_images: int = 0,
                    max_images: int | None = None, progress: Callable[[str], None] | None = None,
+                   class_families: dict[str, str] | None = None,
                    ) -> tuple[dict[str, Any], dict[str, list[list[np.ndarray]]]]:
     """Evaluate every task of one split.
 
     Args:
         samples_by_task: task -> (family, iterable of Samples).
         grid_scheme / grid_images: keep the first ``grid_images`` samples' outputs of that scheme for the grids.
+        class_families: degradation class -> family, for the head's ``family_accuracy`` (models with a head).
 
     Returns:
         (task -> result dict as in ``metrics/eval_steps.json``, task -> grid rows [input, step 0..K, gt]).
@@ -192,7 +211,8 @@ def evaluate_split(model: torch.nn.Module, samples_by_task: dict[str, tuple[str,
     model.eval()
     with torch.inference_mode():
         for task, (family, samples) in sorted(samples_by_task.items()):
-            acc = TaskAccumulator(family=family, schemes=list(schemes))
+            acc = TaskAccumulator(family=family, schemes=list(schemes), task=task,
+                                  class_families=dict(class_families or {}))
             rows: list[list[np.ndarray]] = []
             start = time.perf_counter()
             for index, sample in enumerate(samples):

@@ -25,6 +25,21 @@ from sipl.errors import SiplError
 from sipl.tiling import tiled_map
 
 SCHEMES = ("official", "anchored")
+# The degradation head classifies a centre crop of at most this side: cropping (unlike resizing) keeps the noise
+# and texture statistics it reads, and bounds its cost on large photos.
+CLASSIFY_SIDE = 512
+
+
+def predict_degradation(model, image) -> str:
+    """The degradation class (a name of ``model.degradation_classes``) that the model's head predicts for a uint8
+    H×W×3 image (NumPy array), read on its centre crop of at most ``CLASSIFY_SIDE`` pixels."""
+    height, width = image.shape[:2]
+    top, left = max(0, (height - CLASSIFY_SIDE) // 2), max(0, (width - CLASSIFY_SIDE) // 2)
+    crop = image[top:top + CLASSIFY_SIDE, left:left + CLASSIFY_SIDE]
+    x = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float().div(255.0)
+    with torch.inference_mode():
+        probabilities = model.classify(x)
+    return model.degradation_classes[int(probabilities[0].argmax())]
 
 
 def _chain(model, x: Tensor, steps: int, scheme: str) -> Iterator[tuple[int, Tensor]]:

@@ -7,8 +7,7 @@ processed in tiles (``AUTO_TILE`` unless told otherwise), which bounds memory wh
 
 The refinement step count is one number, or per degradation class (``{"clean": 0, "denoise_25": 3, ...}``, the
 per-task choice of ``sipl select``): then a model with a degradation head first classifies each image (on a centre
-crop of at most ``CLASSIFY_SIDE`` pixels, which keeps noise and texture statistics unchanged) and refines it with its
-class's step count.
+crop, ``sipl.refine.predict_degradation``) and refines it with its class's step count.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from sipl.errors import SiplError
 from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
 
 AUTO_TILE = 512
-CLASSIFY_SIDE = 512
 _GLOB_CHARS = set("*?[")
 
 
@@ -98,22 +96,11 @@ def choose_tile(height: int, width: int, tile: int | None) -> int | None:
     return AUTO_TILE if max(height, width) > AUTO_TILE else None
 
 
-def predict_degradation(model: torch.nn.Module, image: np.ndarray) -> str:
-    """The degradation class the model's head predicts for uint8 H×W×3 ``image`` (a name of
-    ``model.degradation_classes``)."""
-    from sipl.evaluate import to_tensor
-
-    height, width = image.shape[:2]
-    top, left = max(0, (height - CLASSIFY_SIDE) // 2), max(0, (width - CLASSIFY_SIDE) // 2)
-    crop = np.ascontiguousarray(image[top:top + CLASSIFY_SIDE, left:left + CLASSIFY_SIDE])
-    with torch.inference_mode():
-        probabilities = model.classify(to_tensor(crop))
-    return model.degradation_classes[int(probabilities[0].argmax())]
-
-
 def steps_for(model: torch.nn.Module, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
     """(step count, predicted class or None) for one image: ``steps`` itself when it is a number; else the count
     of the class the model predicts (0 for a class ``steps`` does not list)."""
+    from sipl.refine import predict_degradation
+
     if isinstance(steps, int):
         return steps, None
     label = predict_degradation(model, image)

@@ -7,6 +7,12 @@ with the highest mean validation PSNR, the mean being over tasks of each task's 
 "average of the columns"). Ties (within ``TIE_DB``) go to fewer steps, then to ``refine.scheme``, then to the order
 of ``refine.schemes``. The same rule, restricted to the chosen scheme and one family's tasks, gives the per-family
 step counts reported as ``per_task``. An integer ``refine_steps`` forces that step count with ``refine.scheme``.
+
+Refinement must earn its cost: a step count above 0 is chosen (globally, and for a family) only when its mean
+validation PSNR beats step 0 by at least ``min_gain_db`` (``refine.min_gain_db``), and for a family only when none of
+its tasks loses more than that against step 0; otherwise step 0 stands. With ``routing: per_degradation`` (the model
+has a degradation head, so ``sipl restore`` refines each image with the step count of its predicted class) the
+reported metrics of every task are those at its own step count.
 """
 
 from __future__ import annotations
@@ -78,8 +84,18 @@ def _best(pairs: list[tuple[str, int]], score: dict[tuple[str, int], float], pre
     return min(tied, key=lambda p: (p[1], p[0] != preferred, order.index(p[0]) if p[0] in order else len(order)))
 
 
+def _earns(pair: tuple[str, int], members: list[dict[str, Any]], min_gain_db: float) -> bool:
+    """Whether refinement ``pair`` beats step 0 of its scheme by ``min_gain_db`` on the mean of ``members`` and loses
+    no more than that on any one of them."""
+    scheme, steps = pair
+    if steps == 0:
+        return True
+    gains = [_step_psnr(task, scheme, steps) - _step_psnr(task, scheme, 0) for task in members]
+    return _mean(gains) >= min_gain_db and min(gains) >= -min_gain_db
+
+
 def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, schemes: list[str],
-           split: str = "val") -> dict[str, Any]:
+           split: str = "val", min_gain_db: float = 0.0) -> dict[str, Any]:
     """Pick the refinement setting.
 
     Args:
@@ -88,10 +104,12 @@ def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, sch
         scheme: ``refine.scheme`` (the forced scheme, and the tie-break preference).
         schemes: ``refine.schemes`` (candidates, in tie-break order).
         split: the selection split (validation).
+        min_gain_db: the least validation gain over step 0 that a step count above 0 must show.
 
     Returns:
-        ``{"scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr"}``.
+        ``{"scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr", "routing"}``.
     """
+    routing = eval_steps.get("routing", "global")
     all_tasks = {name: task for data in eval_steps.get("splits", {}).values() for name, task in data.items()}
     if refine_steps != "auto":
         steps = int(refine_steps)
@@ -104,7 +122,7 @@ def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, sch
         families = sorted({task["family"] for task in all_tasks.values()})
         return {"scheme": scheme, "steps": steps, "per_task": {name: steps for name in sorted(all_tasks)},
                 "per_family": {family: steps for family in families}, "refine_steps": steps,
-                "criterion": "forced by refine_steps", "val_psnr": None}
+                "criterion": "forced by refine_steps", "val_psnr": None, "routing": "global"}
 
     tasks = _split(eval_steps, split)
     pairs = _candidates(tasks, [s for s in schemes if any(s in t["schemes"] for t in tasks.values())])
@@ -112,19 +130,21 @@ def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, sch
         raise SiplError(f"metrics/eval_steps.json: no scheme of {schemes} was scored on every '{split}' task; "
                         "re-run `sipl evaluate` with the current refine.schemes")
     score = {pair: _mean([_step_psnr(task, *pair) for task in tasks.values()]) for pair in pairs}
-    chosen = _best(pairs, score, scheme, schemes)
+    earning = [pair for pair in pairs if _earns(pair, list(tasks.values()), min_gain_db)]
+    chosen = _best(earning, score, scheme, schemes)
 
     per_family: dict[str, int] = {}
     for family in sorted({task["family"] for task in tasks.values()}):
         members = [task for task in tasks.values() if task["family"] == family]
-        steps_here = [pair for pair in pairs if pair[0] == chosen[0]]
+        steps_here = [pair for pair in pairs if pair[0] == chosen[0] and _earns(pair, members, min_gain_db)]
         family_score = {pair: _mean([_step_psnr(task, *pair) for task in members]) for pair in steps_here}
         per_family[family] = _best(steps_here, family_score, chosen[0], schemes)[1]
     per_task = {name: per_family.get(task["family"], chosen[1]) for name, task in sorted(all_tasks.items())}
     return {"scheme": chosen[0], "steps": chosen[1], "per_task": per_task, "per_family": per_family,
             "refine_steps": "auto",
-            "criterion": f"max mean {split} PSNR over tasks; ties -> fewer steps, then refine.scheme",
-            "val_psnr": round(score[chosen], 4)}
+            "criterion": (f"max mean {split} PSNR over tasks among the settings that beat step 0 by >= {min_gain_db} dB "
+                          "(and lose no more on any task); ties -> fewer steps, then refine.scheme"),
+            "val_psnr": round(score[chosen], 4), "routing": routing}
 
 
 def _report_split(eval_steps: dict[str, Any]) -> str:
@@ -139,10 +159,15 @@ def _task_entries(tasks: dict[str, Any], selection: dict[str, Any], where: str) 
     """Per task of one split or benchmark set: the ``metrics/eval.json`` task entry at the selected setting.
 
     The own step count of a task is ``per_task`` (tasks scored on val/test), else its family's ``per_family``
-    (benchmark task names absent from params tasks), else the global count."""
-    scheme, steps = selection["scheme"], selection["steps"]
+    (benchmark task names absent from params tasks), else the global count. With ``routing: per_degradation`` the
+    metrics are taken at the own step count (what ``sipl restore`` applies), else at the global one."""
+    scheme = selection["scheme"]
+    per_degradation = selection.get("routing") == "per_degradation"
     tasks_out: dict[str, dict[str, Any]] = {}
     for name, task in sorted(tasks.items()):
+        own_steps = selection["per_task"].get(name, selection.get("per_family", {}).get(task["family"],
+                                                                                         selection["steps"]))
+        steps = own_steps if per_degradation else selection["steps"]
         if str(steps) not in task["schemes"].get(scheme, {}):
             raise SiplError(f"metrics/eval_steps.json: task {name} ({where}) has no score for scheme {scheme!r} "
                             f"step {steps}; re-run `sipl evaluate`")
@@ -156,7 +181,8 @@ def _task_entries(tasks: dict[str, Any], selection: dict[str, Any], where: str) 
         if task.get("classical"):
             entry["classical_psnr"] = round(task["classical"]["psnr"], 4)
             entry["classical_ssim"] = round(task["classical"]["ssim"], 4)
-        own_steps = selection["per_task"].get(name, selection.get("per_family", {}).get(task["family"], steps))
+        if task.get("degradation"):
+            entry["degradation_accuracy"] = round(task["degradation"]["accuracy"], 4)
         if str(own_steps) in task["schemes"][scheme]:
             entry["per_task_steps"] = own_steps
             entry["per_task_psnr"] = round(task["schemes"][scheme][str(own_steps)]["psnr"], 4)
@@ -193,7 +219,8 @@ def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[
         "versions": eval_steps.get("versions", {}),
         "split": split,
         "selected": {key: selection[key] for key in
-                     ("scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr")},
+                     ("scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr",
+                      "routing")},
         "sipl_gain": groups["all"]["sipl_gain"],
         "tasks": tasks_out,
         "groups": groups,
@@ -214,10 +241,10 @@ def benchmark_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> 
         sets[name] = {"kind": entry.get("kind"), "tasks": tasks_out,
                       "groups": _group_entries(tasks, tasks_out) if tasks else {}}
     return {"convention": eval_steps.get("convention", {}),
-            "selected": {key: selection[key] for key in ("scheme", "steps", "per_family")},
+            "selected": {key: selection[key] for key in ("scheme", "steps", "per_family", "routing")},
             "sets": sets}
 
 
 def selection_file(selection: dict[str, Any]) -> dict[str, Any]:
     """The ``models/selection.json`` document that ``load_model`` merges as ``meta["selected"]``."""
-    return {key: selection[key] for key in ("scheme", "steps", "per_task", "per_family", "refine_steps")}
+    return {key: selection[key] for key in ("scheme", "steps", "per_task", "per_family", "refine_steps", "routing")}

@@ -93,3 +93,41 @@ def test_group_membership_rules():
     assert groups["five_task"] == sorted(selection.FIVE_TASK)
     assert "three_task" not in groups  # denoise_15/50 missing
     assert groups["composite"] == ["haze_snow"]  # a CDD-11 name counts even outside the composite family
+
+
+def test_refinement_must_beat_step_zero_by_the_margin_on_every_task_of_a_family():
+    val = {
+        # noise: +0.05 dB on average only -> below a 0.1 dB margin, step 0 stays
+        "denoise_15": _task("noise", {"anchored": [30.0, 30.05, 30.0]}),
+        # haze: +1 dB, but one of the family's tasks loses 0.5 dB at step 2 -> step 1 (both gain) is chosen
+        "dehaze": _task("haze", {"anchored": [20.0, 20.6, 21.5]}),
+        "dehaze_thick": _task("haze", {"anchored": [15.0, 15.4, 14.5]}),
+    }
+    loose = selection.select(_doc(val), "auto", scheme="anchored", schemes=["anchored"])
+    strict = selection.select(_doc(val), "auto", scheme="anchored", schemes=["anchored"], min_gain_db=0.1)
+    assert loose["per_family"] == {"haze": 1, "noise": 1}
+    assert strict["per_family"] == {"haze": 1, "noise": 0}
+    assert "0.1 dB" in strict["criterion"]
+    # the global choice obeys the same rule: step 2's mean gain is large but dehaze_thick loses 0.5 dB
+    assert strict["steps"] == 1
+
+
+def test_routing_per_degradation_reports_each_task_at_its_own_steps():
+    val = {
+        "denoise_25": _task("noise", {"anchored": [30.0, 32.0, 34.0]}),
+        "deblur": _task("blur", {"anchored": [25.0, 24.0, 23.0]}),
+    }
+    document = _doc(val)
+    document["splits"]["test"]["deblur"]["degradation"] = {"accuracy": 0.75, "family_accuracy": 1.0,
+                                                           "predicted": {"deblur": 3, "clean": 1}}
+    global_choice = selection.select(document, "auto", scheme="anchored", schemes=["anchored"])
+    assert global_choice["routing"] == "global"
+    document["routing"] = "per_degradation"
+    routed = selection.select(document, "auto", scheme="anchored", schemes=["anchored"])
+    assert routed["per_task"] == {"deblur": 0, "denoise_25": 2} and routed["routing"] == "per_degradation"
+    metrics = selection.eval_metrics(document, routed)
+    assert metrics["tasks"]["deblur"]["psnr"] == 25.0 and metrics["tasks"]["denoise_25"]["psnr"] == 34.0
+    assert metrics["tasks"]["deblur"]["degradation_accuracy"] == 0.75
+    assert global_choice["steps"] == 0  # step 2 gains on average but deblur would lose 2 dB
+    assert selection.eval_metrics(document, global_choice)["tasks"]["denoise_25"]["psnr"] == 30.0
+    assert selection.selection_file(routed)["routing"] == "per_degradation"
