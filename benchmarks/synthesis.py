@@ -4,7 +4,9 @@ Prints, measured in one run:
 1. samples/s of every registered degradation (and the CDD-11 triple composites) on 256×256 uint8 images;
 2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
    PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
-   as a ratio. Goal: shards >= 2x the folder baseline.
+   as a ratio. Goal: shards >= 2x the folder baseline;
+3. the training stream (``sipl.data.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
+   shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
 Run: ``.venv/bin/python benchmarks/synthesis.py [--pairs 600] [--epochs 3]``.
 """
@@ -128,6 +130,39 @@ def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tu
         return _throughput(shard_loader, epochs), _throughput(folder_loader, epochs)
 
 
+def bench_stream(images: list[np.ndarray], count: int = 1500, patch: int = 96) -> tuple[float, float]:
+    """samples/s of ``TrainStream`` over shards of 128² crops of ``images`` for every task of params.yaml: (stored
+    lq, fresh degradations)."""
+    from sipl.config import load_params
+    from sipl.data import StreamConfig, TrainStream, task_weights
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = {}
+        for task, config in params.tasks.items():
+            rng = np.random.default_rng(2)
+            samples = []
+            for i, image in enumerate(images[:96]):
+                gt = np.ascontiguousarray(image[:CROP, :CROP])
+                lq, _ = degradations.apply(config.steps, gt, rng)
+                samples.append(Sample(sample_key(task, f"img-{i}", 0), task, lq, gt, {"i": i}))
+            entries = write_task_shards(tmp, "train", task, samples, "npy", maxcount=48)
+            urls[task] = [str(Path(tmp, "train", entry["name"])) for entry in entries]
+        weights = task_weights({task: config.family for task, config in params.tasks.items()})
+        steps = {task: config.model_dump(mode="json")["steps"] for task, config in params.tasks.items()}
+        for fresh in (None, steps):
+            stream = iter(TrainStream(StreamConfig(task_urls=urls, weights=weights, patch=patch, seed=0,
+                                                   task_steps=fresh)))
+            for _ in range(200):  # fill the shuffle buffers
+                next(stream)
+            started = time.perf_counter()
+            for _ in range(count):
+                next(stream)
+            rates.append(count / (time.perf_counter() - started))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=600)
@@ -146,6 +181,11 @@ def main() -> None:
     print(f"  webdataset npy shards      {shards:>10.0f} samples/s")
     print(f"  folder of PNGs + noise     {folder:>10.0f} samples/s")
     print(f"  ratio shards / folder      {shards / folder:>10.2f}x   (goal >= 2x)")
+    stored, fresh = bench_stream(images)
+    print("\ntraining stream (TrainStream, 1 process, patch 96, every task of params.yaml)")
+    print(f"  stored lq                  {stored:>10.0f} samples/s")
+    print(f"  fresh degradation per read {fresh:>10.0f} samples/s")
+    print(f"  ratio fresh / stored       {fresh / stored:>10.2f}x   (the training step consumes ~26 samples/s)")
 
 
 if __name__ == "__main__":
