@@ -151,6 +151,9 @@ class LossConfig(_Strict):
     preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
     degradation: float = Field(0.0, ge=0.0, description=(
         "weight of the degradation head's cross-entropy against each sample's task (model.degradation_head)"))
+    head_affine: float = Field(0.0, ge=0.0, description=(
+        "weight of the pixel loss of the head's global gain/bias alone (x + x·gain + bias against the target) on "
+        "the train.head_samples crops"))
 
 
 class TrainConfig(_Strict):
@@ -186,6 +189,10 @@ class TrainConfig(_Strict):
     channel_shuffle: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of training pairs whose RGB channels are put in a random one of the 6 orders (the same for input "
         "and target); valid while every task's degradations treat the channels alike (no tinted airlight)"))
+    head_samples: int = Field(0, ge=0, description=(
+        "per training sample, this many extra crops of its clean image, each degraded by a random task (or left "
+        "clean), that train only the degradation head (classification and global gain/bias): the head needs far "
+        "more samples than the restorer and costs little per sample"))
     fresh_degradations: bool = Field(True, description=(
         "degrade each training crop afresh at every read with its task's steps (a new draw per read, seeded by "
         "seed, rank, loader worker, start step and position in the stream); false = train on the shards' fixed lq"))

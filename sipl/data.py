@@ -223,6 +223,7 @@ class StreamConfig:
     identity_share: float = 0.0
     channel_shuffle: float = 0.0
     task_steps: dict[str, list[dict[str, Any]]] | None = None
+    head_samples: int = 0
 
 
 class _Corrupt(Exception):
@@ -237,7 +238,9 @@ class TrainStream(torch.utils.data.IterableDataset):
     of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``). With
     ``channel_shuffle`` > 0 that share of the pairs has its RGB channels put in a random one of the 6 orders (the
     same for lq and gt). With ``task_steps`` (task -> degradation steps) the shard's lq is ignored and the clean
-    crop is degraded afresh at each read."""
+    crop is degraded afresh at each read. With ``head_samples`` > 0 (needs ``task_steps``) each item also carries
+    ``head_lq`` / ``head_gt`` (head_samples×patch×patch×3 uint8: random crops of the same clean image, each degraded by
+    a uniformly drawn task or left clean) and ``head_labels`` (their class: the task name, or ``"clean"``)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -300,6 +303,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         crops = np.random.default_rng([cfg.seed, _MIX_STREAM + 1, cfg.rank, worker, cfg.start_step])
         identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
         channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
+        extra = np.random.default_rng([cfg.seed, _MIX_STREAM + 5, cfg.rank, worker, cfg.start_step])
         position = 0
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
@@ -316,18 +320,44 @@ class TrainStream(torch.utils.data.IterableDataset):
             if cfg.identity_share > 0 and identity.random() < cfg.identity_share:
                 lq, key = gt, f"{key}#clean"
             skipped, self._skipped = self._skipped, 0
-            yield {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
+            item = {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
+            if cfg.head_samples > 0 and cfg.task_steps is not None:
+                item.update(self._head_crops(sample.gt, tasks, extra))
+            yield item
+
+    def _head_crops(self, clean: np.ndarray, tasks: list[str], rng: np.random.Generator) -> dict[str, Any]:
+        """``head_samples`` random patches of ``clean``, each degraded by a uniformly drawn task or left clean."""
+        from sipl.config import CLEAN_CLASS
+
+        cfg = self.config
+        lqs, gts, labels = [], [], []
+        for _ in range(cfg.head_samples):
+            choice = int(rng.integers(0, len(tasks) + 1))
+            label = CLEAN_CLASS if choice == len(tasks) else tasks[choice]
+            _, gt = paired_crop_flip(clean, clean, cfg.patch, rng)
+            lq = gt if label == CLEAN_CLASS else fresh_degradation(
+                gt, cfg.task_steps[label], [int(rng.integers(0, 2**63))], label)
+            lqs.append(lq)
+            gts.append(gt)
+            labels.append(label)
+        return {"head_lq": np.stack(lqs), "head_gt": np.stack(gts), "head_labels": labels}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch of stream items: ``lq``/``gt`` uint8 tensors N×H×W×3, ``keys``, ``tasks``, ``skipped`` (int)."""
-    return {
+    """Batch of stream items: ``lq``/``gt`` uint8 tensors N×H×W×3, ``keys``, ``tasks``, ``skipped`` (int); with head
+    crops also ``head_lq``/``head_gt`` (N·k×H×W×3) and ``head_labels``."""
+    batch = {
         "lq": torch.from_numpy(np.stack([i["lq"] for i in items])),
         "gt": torch.from_numpy(np.stack([i["gt"] for i in items])),
         "keys": [i["key"] for i in items],
         "tasks": [i["task"] for i in items],
         "skipped": sum(i["skipped"] for i in items),
     }
+    if "head_lq" in items[0]:
+        batch["head_lq"] = torch.from_numpy(np.concatenate([i["head_lq"] for i in items]))
+        batch["head_gt"] = torch.from_numpy(np.concatenate([i["head_gt"] for i in items]))
+        batch["head_labels"] = [label for i in items for label in i["head_labels"]]
+    return batch
 
 
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

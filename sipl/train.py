@@ -56,12 +56,22 @@ class _StepModule(torch.nn.Module):
         self.step_options = step_options
 
     def forward(self, lq: torch.Tensor, gt: torch.Tensor, generator: torch.Generator | None = None,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        weight = self.step_options.get("degradation_weight", 0.0)
+                labels: torch.Tensor | None = None,
+                head_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``head_batch``: (lq, gt, labels) crops that train only the degradation head."""
+        options = dict(self.step_options)
+        head_affine = options.pop("head_affine_weight", 0.0)
         if not getattr(self.model, "sipl", False):
-            return self.model.training_step(lq, gt, self.pixel_loss, labels=labels, degradation_weight=weight)
-        return self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels,
-                                        **self.step_options)
+            out = self.model.training_step(lq, gt, self.pixel_loss, labels=labels,
+                                           degradation_weight=options.get("degradation_weight", 0.0))
+        else:
+            out = self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels, **options)
+        if head_batch is not None:
+            terms = self.model.head_step(*head_batch, self.pixel_loss, options.get("degradation_weight", 0.0),
+                                         head_affine)
+            out.update(terms)
+            out["loss"] = out["loss"] + terms["head_loss"]
+        return out
 
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
@@ -71,7 +81,7 @@ def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
                        random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
                        privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share,
-                       degradation_weight=cfg.loss.degradation)
+                       degradation_weight=cfg.loss.degradation, head_affine_weight=cfg.loss.head_affine)
 
 
 def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -186,9 +196,15 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
         sync = wrapped.no_sync() if not last and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
         with sync:
             generator = torch.Generator().manual_seed(step_seed) if step_seed is not None else None
-            labels = degradation_labels(_inner_model(wrapped), batch)
+            inner = _inner_model(wrapped)
+            labels = degradation_labels(inner, batch)
+            head_batch = None
+            if "head_lq" in batch:
+                head_labels = degradation_labels(inner, {"keys": [""] * len(batch["head_labels"]),
+                                                         "tasks": batch["head_labels"]})
+                head_batch = (to_float(batch["head_lq"], device), to_float(batch["head_gt"], device), head_labels)
             with autocast or contextlib.nullcontext():
-                out = wrapped(lq, gt, generator, labels)
+                out = wrapped(lq, gt, generator, labels, head_batch)
             (out["loss"] / count).backward()
         for name, value in out.items():
             terms[name] = terms.get(name, 0.0) + float(value.detach()) / count
@@ -378,7 +394,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     stream = StreamConfig(task_urls=spec["train_urls"], weights=spec["weights"], patch=cfg.patch, seed=params.seed,
                           rank=rank, world=world, start_step=start_step, shuffle_buffer=cfg.shuffle_buffer,
                           corrupt_samples=cfg.corrupt_samples, identity_share=cfg.identity_share,
-                          channel_shuffle=cfg.channel_shuffle, task_steps=spec.get("task_steps"))
+                          channel_shuffle=cfg.channel_shuffle, task_steps=spec.get("task_steps"),
+                          head_samples=cfg.head_samples if model_cfg.degradation_head else 0)
     loader = train_loader(stream, plan["micro_batch"], cfg.loader_workers) if start_step < spec["steps"] else None
     val_sets = load_val(spec["val_urls"], cfg.val_max_samples) if rank == 0 else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") \

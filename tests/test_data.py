@@ -286,3 +286,24 @@ def test_stream_skips_corrupt_samples(shards):
 def test_manifest_written_by_helper_is_valid(shards):
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["splits"]["train"]["denoise"]["samples"] == 16
+
+
+def test_head_samples_are_labelled_degradations_of_the_same_clean_image(shards):
+    from sipl.data import collate
+
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    items = _take(_stream(shards, patch=16, task_steps=steps, head_samples=3), 60)
+    labels = [label for item in items for label in item["head_labels"]]
+    assert set(labels) == {"clean", "denoise", "lowlight"}
+    for item in items:
+        assert item["head_lq"].shape == (3, 16, 16, 3) == item["head_gt"].shape
+        for lq, gt, label in zip(item["head_lq"], item["head_gt"], item["head_labels"]):
+            if label == "clean":
+                assert np.array_equal(lq, gt)
+            elif label == "lowlight":
+                assert lq.mean() < gt.mean()
+    batch = collate(items[:4])
+    assert batch["head_lq"].shape == (12, 16, 16, 3) and len(batch["head_labels"]) == 12
+    # the extra crops have their own generator: the main stream is unchanged
+    plain = _take(_stream(shards, patch=16, task_steps=steps), 60)
+    assert all(np.array_equal(a["lq"], b["lq"]) for a, b in zip(plain, items))

@@ -320,3 +320,16 @@ def test_degradation_head_config_round_trip_and_errors():
         build_model("nafnet", "tiny", global_affine=True)
     with pytest.raises(ValueError, match="at least 2"):
         build_model("nafnet", "tiny", degradation_classes=["clean"])
+
+
+def test_head_step_trains_only_the_head():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
+    from sipl.losses import l1
+
+    lq = torch.rand(3, 3, 16, 16)
+    terms = model.head_step(lq, (lq * 1.2).clamp(0, 1), torch.tensor([0, 1, 2]), l1, 1.0, 1.0)
+    assert set(terms) == {"head_degradation", "head_affine", "head_loss"}
+    terms["head_loss"].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.head.affine.weight.grad.abs().sum() > 0

@@ -209,6 +209,22 @@ class SIPLModel(nn.Module):
         out["loss"] = loss + self._degradation_loss(condition, labels, degradation_weight, out)
         return out
 
+    def head_step(self, lq: Tensor, gt: Tensor, labels: Tensor, pixel_loss: PixelLoss, degradation_weight: float,
+                  affine_weight: float) -> dict[str, Tensor]:
+        """Loss terms that train only the degradation head on extra crops: ``head_degradation`` (cross-entropy against
+        ``labels``) and, with a global affine and ``affine_weight > 0``, ``head_affine`` (pixel loss of
+        ``lq + lq·gain + bias`` against ``gt``). lq, gt: M×3×h×w in [0, 1]. ``head_loss`` is their weighted sum."""
+        if self.head is None:
+            raise ValueError("head_step needs a degradation head (build with degradation_classes)")
+        condition = self.head(lq)
+        out = {"head_degradation": nn.functional.cross_entropy(condition.logits.float(), labels.to(lq.device))}
+        loss = degradation_weight * out["head_degradation"]
+        if condition.gain is not None and affine_weight > 0:
+            out["head_affine"] = pixel_loss(lq + lq * condition.gain + condition.bias, gt)
+            loss = loss + affine_weight * out["head_affine"]
+        out["head_loss"] = loss
+        return out
+
     @staticmethod
     def _degradation_loss(condition: Conditioning | None, labels: Tensor | None, weight: float,
                           out: dict[str, Tensor]) -> Tensor | float:
