@@ -189,6 +189,10 @@ class TrainConfig(_Strict):
     channel_shuffle: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of training pairs whose RGB channels are put in a random one of the 6 orders (the same for input "
         "and target); valid while every task's degradations treat the channels alike (no tinted airlight)"))
+    photometric: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of clean training crops given a random exposure, gamma and saturation before they are degraded "
+        "(needs fresh_degradations): more tonal variety than a handful of photos, so a dark or pale photo is not "
+        "taken for low light or haze"))
     head_samples: int = Field(0, ge=0, description=(
         "per training sample, this many extra crops of its clean image, each degraded by a random task (or left "
         "clean), that train only the degradation head (classification and global gain/bias): the head needs far "

@@ -179,6 +179,16 @@ def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], seed: list[in
     return lq
 
 
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean uint8 H×W×3 image with a random exposure (×0.5–1.3), gamma (0.7–1.5) and saturation (×0.6–1.3),
+    as a new clean image (uint8 H×W×3)."""
+    x = image.astype(np.float32) / 255.0
+    x = np.clip(x * rng.uniform(0.5, 1.3), 0.0, 1.0) ** rng.uniform(0.7, 1.5)
+    grey = x.mean(axis=2, keepdims=True)
+    x = np.clip(grey + (x - grey) * rng.uniform(0.6, 1.3), 0.0, 1.0)
+    return (x * 255.0 + 0.5).astype(np.uint8)
+
+
 # --------------------------------------------------------------------------------------------- streaming
 
 def slot_shards(urls: list[str], slot: int, slots: int, epoch: int, seed: int) -> tuple[list[str], int]:
@@ -224,6 +234,7 @@ class StreamConfig:
     channel_shuffle: float = 0.0
     task_steps: dict[str, list[dict[str, Any]]] | None = None
     head_samples: int = 0
+    photometric: float = 0.0
 
 
 class _Corrupt(Exception):
@@ -304,16 +315,19 @@ class TrainStream(torch.utils.data.IterableDataset):
         identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
         channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
         extra = np.random.default_rng([cfg.seed, _MIX_STREAM + 5, cfg.rank, worker, cfg.start_step])
+        tones = np.random.default_rng([cfg.seed, _MIX_STREAM + 6, cfg.rank, worker, cfg.start_step])
         position = 0
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             sample = next(streams[task])
-            lq = sample.lq
+            lq, clean = sample.lq, sample.gt
             if cfg.task_steps is not None:
+                if cfg.photometric > 0 and tones.random() < cfg.photometric:
+                    clean = photometric_jitter(clean, tones)
                 draw = [cfg.seed, _MIX_STREAM + 4, cfg.rank, worker, cfg.start_step, position]
-                lq = fresh_degradation(sample.gt, cfg.task_steps[task], draw, task, sample.key)
+                lq = fresh_degradation(clean, cfg.task_steps[task], draw, task, sample.key)
             position += 1
-            lq, gt = paired_crop_flip(lq, sample.gt, cfg.patch, crops, sample.key)
+            lq, gt = paired_crop_flip(lq, clean, cfg.patch, crops, sample.key)
             key = sample.key
             if cfg.channel_shuffle > 0 and channels.random() < cfg.channel_shuffle:
                 lq, gt = paired_channel_order(lq, gt, channels)
@@ -322,7 +336,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             skipped, self._skipped = self._skipped, 0
             item = {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
             if cfg.head_samples > 0 and cfg.task_steps is not None:
-                item.update(self._head_crops(sample.gt, tasks, extra))
+                item.update(self._head_crops(clean, tasks, extra))
             yield item
 
     def _head_crops(self, clean: np.ndarray, tasks: list[str], rng: np.random.Generator) -> dict[str, Any]:

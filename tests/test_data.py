@@ -307,3 +307,16 @@ def test_head_samples_are_labelled_degradations_of_the_same_clean_image(shards):
     # the extra crops have their own generator: the main stream is unchanged
     plain = _take(_stream(shards, patch=16, task_steps=steps), 60)
     assert all(np.array_equal(a["lq"], b["lq"]) for a, b in zip(plain, items))
+
+
+def test_photometric_jitter_changes_the_clean_pair_alike(shards):
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    plain = _take(_stream(shards, patch=32, task_steps=steps), 40)
+    jittered = _take(_stream(shards, patch=32, task_steps=steps, photometric=1.0), 40)
+    changed = 0
+    for a, b in zip(plain, jittered):
+        assert (a["key"], a["task"]) == (b["key"], b["task"])
+        changed += not np.array_equal(a["gt"], b["gt"])
+        if b["task"] == "denoise":  # the input is the degradation of the jittered clean image, not of the original
+            assert abs((b["lq"].astype(float) - b["gt"]).std() - 25) < 6
+    assert changed > 30
