@@ -152,8 +152,8 @@ class LossConfig(_Strict):
     degradation: float = Field(0.0, ge=0.0, description=(
         "weight of the degradation head's cross-entropy against each sample's task (model.degradation_head)"))
     head_affine: float = Field(0.0, ge=0.0, description=(
-        "weight of the pixel loss of the head's global gain/bias alone (x + x·gain + bias against the target) on "
-        "the train.head_samples crops"))
+        "weight of the pixel loss of the head's global gain/bias alone (x + x·gain + bias against the target), on "
+        "the batch and the train.head_samples crops: the only loss that trains the gain and bias (global_affine)"))
 
 
 class TrainConfig(_Strict):

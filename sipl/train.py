@@ -61,9 +61,11 @@ class _StepModule(torch.nn.Module):
         """``head_batch``: (lq, gt, labels) crops that train only the degradation head."""
         options = dict(self.step_options)
         head_affine = options.pop("head_affine_weight", 0.0)
+        options["affine_weight"] = head_affine
         if not getattr(self.model, "sipl", False):
             out = self.model.training_step(lq, gt, self.pixel_loss, labels=labels,
-                                           degradation_weight=options.get("degradation_weight", 0.0))
+                                           degradation_weight=options.get("degradation_weight", 0.0),
+                                           affine_weight=head_affine)
         else:
             out = self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels, **options)
         if head_batch is not None:

@@ -297,7 +297,7 @@ def test_degradation_head_learns_the_labels_and_reaches_the_output():
     labels = torch.tensor([2] * 4 + [1] * 4)
     out = model.training_step(lq, lq, l1, labels=labels, degradation_weight=1.0, preliminary_share=0.5,
                               generator=torch.Generator().manual_seed(0))
-    assert set(out) == {"loss", "main", "preliminary", "degradation"}
+    assert set(out) == {"loss", "main", "preliminary", "degradation", "affine"}
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
     for _ in range(30):
         optimizer.zero_grad()
@@ -307,7 +307,7 @@ def test_degradation_head_learns_the_labels_and_reaches_the_output():
     assert model.classify(lq).argmax(dim=1).tolist() == labels.tolist()
     # the gain and bias are trained by the pixel loss too: they got a gradient
     model.zero_grad()
-    model.training_step(lq, (lq * 1.5).clamp(0, 1), l1)["loss"].backward()
+    model.training_step(lq, (lq * 1.5).clamp(0, 1), l1, labels=labels)["loss"].backward()
     assert model.head.affine.weight.grad.abs().sum() > 0
 
 
@@ -332,4 +332,17 @@ def test_head_step_trains_only_the_head():
     assert set(terms) == {"head_degradation", "head_affine", "head_loss"}
     terms["head_loss"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.head.affine.weight.grad.abs().sum() > 0
+
+
+def test_restoration_loss_does_not_train_the_global_affine():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
+    from sipl.losses import l1
+
+    lq = torch.rand(2, 3, 16, 16)
+    model.training_step(lq, (lq * 1.3).clamp(0, 1), l1, labels=torch.tensor([0, 2]), affine_weight=0.0)["loss"].backward()
+    assert model.head.affine.weight.grad is None or model.head.affine.weight.grad.abs().sum() == 0
+    model.zero_grad()
+    model.training_step(lq, (lq * 1.3).clamp(0, 1), l1, labels=torch.tensor([0, 2]))["loss"].backward()
     assert model.head.affine.weight.grad.abs().sum() > 0

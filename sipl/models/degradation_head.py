@@ -9,12 +9,17 @@ gradient (noise raises it, blur lowers it), layer-normalised, and predicts
 - ``logits`` over the degradation classes the model was trained on (``"clean"`` plus one per task); trained with a
   cross-entropy loss on the known task of every training sample, the way AirNet and PromptIR tell degradations apart
   (there implicitly), and used at test time to pick per-family refinement settings;
-- per-channel FiLM scales and shifts for the three fused decoder levels, computed from the class *probabilities*, so
-  the decoder behaves differently for different degradations (a blind model otherwise applies the mix's average
-  correction everywhere: haze removal to blurred images, brightening to clean ones);
+- per-channel FiLM scales and shifts for the three fused decoder levels, one set per class, so the decoder behaves
+  differently for different degradations (a blind model otherwise applies the mix's average correction everywhere:
+  haze removal to blurred images, brightening to clean ones);
 - a per-channel gain and bias added to the output as ``x·gain + bias`` next to the residual (the global affine of
-  dehazing models such as DehazeFormer's ``K·I − B + I``), so large global level changes (haze, low light) need not
-  be built pixel by pixel through the residual.
+  dehazing models such as DehazeFormer's ``K·I − B + I``), regressed per class, so large global level changes (haze,
+  low light) need not be built pixel by pixel through the residual.
+
+Both are mixed by class weights: in training the one-hot of the sample's known class (so each class's FiLM and
+regressor learn only their own degradation and never the hedge "a bit of every correction" that a shared regressor
+learns when the class is uncertain: measured, that hedge cost the mild tasks 2-4 dB), at test time the predicted
+probabilities.
 
 Everything that acts on the image or the features starts at exactly zero, so a new head is the identity. The gain
 and bias are the affine layer's output times ``AFFINE_SCALE``: one weight of the layer then moves the gain by a tenth
@@ -64,14 +69,16 @@ class DegradationHead(nn.Module):
                                   nn.Linear(hidden, hidden), nn.GELU())
         self.classify = nn.Linear(hidden, classes)
         self.film = nn.ModuleList([nn.Linear(classes, 2 * c) for c in level_channels])
-        self.affine = nn.Linear(hidden, 6) if global_affine else None
+        self.classes = classes
+        self.affine = nn.Linear(hidden, 6 * classes) if global_affine else None
         with torch.no_grad():
             for layer in [*self.film, *([self.affine] if self.affine is not None else [])]:
                 layer.weight.zero_()
                 layer.bias.zero_()
 
-    def forward(self, image: Tensor) -> Conditioning:
-        """``image``: N×3×H×W input in [0, 1] (H, W >= 8)."""
+    def forward(self, image: Tensor, class_weights: Tensor | None = None) -> Conditioning:
+        """``image``: N×3×H×W input in [0, 1] (H, W >= 8); ``class_weights``: N×K weights of the classes' FiLM and
+        affine (e.g. the one-hot of known labels); None = the predicted probabilities."""
         image = image.float()
         latent = self.encoder(image)
         gradient = ((image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=(2, 3))
@@ -80,14 +87,16 @@ class DegradationHead(nn.Module):
                            image.std(dim=(2, 3)), gradient], dim=1)
         hidden = self.body(stats)
         logits = self.classify(hidden)
-        probabilities = logits.softmax(dim=1)
+        weights = logits.softmax(dim=1) if class_weights is None else class_weights.to(logits.dtype)
         film = []
         for layer in self.film:
-            scale, shift = layer(probabilities)[..., None, None].chunk(2, dim=1)
+            scale, shift = layer(weights)[..., None, None].chunk(2, dim=1)
             film.append((scale, shift))
         gain = bias = None
         if self.affine is not None:
-            gain, bias = (AFFINE_SCALE * self.affine(hidden))[..., None, None].chunk(2, dim=1)
+            per_class = self.affine(hidden).view(hidden.shape[0], weights.shape[1], 6)
+            affine = AFFINE_SCALE * torch.einsum("nk,nkc->nc", weights, per_class)
+            gain, bias = affine[..., None, None].chunk(2, dim=1)
         return Conditioning(logits, film, gain, bias)
 
 

@@ -88,12 +88,16 @@ class SIPLModel(nn.Module):
             raise ValueError(f"privileged features: expected 3 maps (enc2, enc3, latent), got {len(features)}")
         return features
 
-    def condition(self, state: EncoderState) -> Conditioning | None:
-        """The degradation head's prediction for an encoder state (None without a head)."""
+    def condition(self, state: EncoderState, labels: Tensor | None = None) -> Conditioning | None:
+        """The degradation head's prediction for an encoder state (None without a head). ``labels`` (N class
+        indices, training): condition on the known classes instead of the predicted ones (teacher forcing)."""
         if self.head is None:
             return None
         h, w = state.size
-        return self.head(state.image[..., :h, :w])
+        weights = None
+        if labels is not None:
+            weights = nn.functional.one_hot(labels.to(state.image.device), len(self.degradation_classes)).float()
+        return self.head(state.image[..., :h, :w], weights)
 
     def classify(self, x: Tensor) -> Tensor:
         """Degradation class probabilities N×K of N×3×H×W inputs (order: ``degradation_classes``)."""
@@ -102,11 +106,22 @@ class SIPLModel(nn.Module):
         return self.condition(self.encode(x)).logits.softmax(dim=1)
 
     def _finish(self, state: EncoderState, out: Tensor, condition: Conditioning | None) -> Tensor:
+        # The gain and bias enter the output detached: they are trained only by their own loss (the affine-only
+        # output against the target, ``affine_loss``), never by the restoration loss. Trained jointly, affine and
+        # residual are not identifiable (the affine flattens contrast, the residual puts it back on the training
+        # photos) and on unseen photos the pair left a colour cast that cost the mild tasks 2-4 dB.
         if condition is None or condition.gain is None:
             return out
         h, w = state.size
         x = state.image[..., :h, :w]
-        return out + x * condition.gain.to(out.dtype) + condition.bias.to(out.dtype)
+        return out + x * condition.gain.detach().to(out.dtype) + condition.bias.detach().to(out.dtype)
+
+    @staticmethod
+    def affine_loss(lq: Tensor, gt: Tensor, condition: Conditioning | None, pixel_loss: PixelLoss) -> Tensor | None:
+        """Pixel loss of the head's global affine alone, ``lq + lq·gain + bias`` against ``gt`` (None without one)."""
+        if condition is None or condition.gain is None:
+            return None
+        return pixel_loss(lq + lq * condition.gain + condition.bias, gt)
 
     def decode(self, state: EncoderState, privileged: Privileged = None, mix: Tensor | None = None,
                dictionary_only: int = 0, condition: Conditioning | None = None) -> Tensor:
@@ -143,7 +158,7 @@ class SIPLModel(nn.Module):
                       random_proxy: bool = False, generator: torch.Generator | None = None,
                       self_privileged: float = 0.0, privileged_source: str = "restoration",
                       preliminary_share: float | None = None, labels: Tensor | None = None,
-                      degradation_weight: float = 0.0) -> dict[str, Tensor]:
+                      degradation_weight: float = 0.0, affine_weight: float = 1.0) -> dict[str, Tensor]:
         """One SIPL training forward. lq, gt: N×3×H×W in [0,1]. Returns {"loss", "main"} plus "preliminary" when
         ``preliminary_weight > 0`` (SIPL mode only); "loss" is the total to backprop.
 
@@ -165,13 +180,16 @@ class SIPLModel(nn.Module):
         features it never gets after training; it also skips the no-grad GT restoration.
 
         ``labels`` (N class indices into ``degradation_classes``) with ``degradation_weight > 0``: adds the
-        cross-entropy of the degradation head ("degradation") to the loss."""
+        cross-entropy of the degradation head ("degradation") to the loss, and the head's FiLM and affine take the
+        known classes (teacher forcing). With a global affine, ``affine_weight`` × its own loss ("affine", see
+        ``affine_loss``) is added: the only loss that trains the gain and bias."""
         if not self.sipl:
             state = self.encode(lq)
-            condition = self.condition(state)
+            condition = self.condition(state, labels)
             main = pixel_loss(self.decode(state, condition=condition), gt)
             out = {"main": main}
-            out["loss"] = main + self._degradation_loss(condition, labels, degradation_weight, out)
+            out["loss"] = main + self._head_losses(lq, gt, condition, labels, degradation_weight, affine_weight,
+                                                   pixel_loss, out)
             return out
         if privileged_source not in PRIVILEGED_SOURCES:
             raise ValueError(f"privileged_source {privileged_source!r} is not one of {PRIVILEGED_SOURCES}")
@@ -184,7 +202,7 @@ class SIPLModel(nn.Module):
             lq, gt = lq[order], gt[order]
             labels = labels[order.to(labels.device)] if labels is not None else None
         state = self.encode(lq)
-        condition = self.condition(state)
+        condition = self.condition(state, labels)
         preliminary = (self.decode(state, condition=condition) if preliminary_weight > 0 and not split else None)
         with torch.no_grad():
             if use_own:
@@ -206,8 +224,20 @@ class SIPLModel(nn.Module):
             out["preliminary"] = (pixel_loss(restored[:n_dict], gt[:n_dict]) if split
                                   else pixel_loss(preliminary, gt))
             loss = loss + preliminary_weight * out["preliminary"]
-        out["loss"] = loss + self._degradation_loss(condition, labels, degradation_weight, out)
+        out["loss"] = loss + self._head_losses(lq, gt, condition, labels, degradation_weight, affine_weight,
+                                               pixel_loss, out)
         return out
+
+    def _head_losses(self, lq: Tensor, gt: Tensor, condition: Conditioning | None, labels: Tensor | None,
+                     degradation_weight: float, affine_weight: float, pixel_loss: PixelLoss,
+                     out: dict[str, Tensor]) -> Tensor | float:
+        """The degradation head's loss terms on the main batch (recorded in ``out``)."""
+        total = self._degradation_loss(condition, labels, degradation_weight, out)
+        affine = self.affine_loss(lq, gt, condition, pixel_loss) if affine_weight > 0 else None
+        if affine is not None:
+            out["affine"] = affine
+            total = total + affine_weight * affine
+        return total
 
     def head_step(self, lq: Tensor, gt: Tensor, labels: Tensor, pixel_loss: PixelLoss, degradation_weight: float,
                   affine_weight: float) -> dict[str, Tensor]:
@@ -216,11 +246,12 @@ class SIPLModel(nn.Module):
         ``lq + lq·gain + bias`` against ``gt``). lq, gt: M×3×h×w in [0, 1]. ``head_loss`` is their weighted sum."""
         if self.head is None:
             raise ValueError("head_step needs a degradation head (build with degradation_classes)")
-        condition = self.head(lq)
+        weights = nn.functional.one_hot(labels.to(lq.device), len(self.degradation_classes)).float()
+        condition = self.head(lq, weights)
         out = {"head_degradation": nn.functional.cross_entropy(condition.logits.float(), labels.to(lq.device))}
         loss = degradation_weight * out["head_degradation"]
         if condition.gain is not None and affine_weight > 0:
-            out["head_affine"] = pixel_loss(lq + lq * condition.gain + condition.bias, gt)
+            out["head_affine"] = self.affine_loss(lq, gt, condition, pixel_loss)
             loss = loss + affine_weight * out["head_affine"]
         out["head_loss"] = loss
         return out
