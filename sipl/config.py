@@ -193,6 +193,9 @@ class TrainConfig(_Strict):
         "share of clean training crops given a random exposure, gamma and saturation before they are degraded "
         "(needs fresh_degradations): more tonal variety than a handful of photos, so a dark or pale photo is not "
         "taken for low light or haze"))
+    synthetic_share: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of clean training crops replaced by a dead-leaves image coloured from that crop (needs "
+        "fresh_degradations): scale-invariant occlusion content beyond the handful of embedded photos"))
     head_samples: int = Field(0, ge=0, description=(
         "per training sample, this many extra crops of its clean image, each degraded by a random task (or left "
         "clean), that train only the degradation head (classification and global gain/bias): the head needs far "

@@ -179,6 +179,43 @@ def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], seed: list[in
     return lq
 
 
+def dead_leaves(like: np.ndarray, rng: np.random.Generator, max_disks: int = 300) -> np.ndarray:
+    """A dead-leaves image of the shape of ``like`` (uint8 H×W×3): occluding disks with a power-law radius
+    distribution (density ∝ r⁻³, from 2 px to a third of the side), the scale-invariant occlusion model of natural
+    images, each coloured with a random pixel of ``like`` (so the colours are a photo's), laid front to back (a disk
+    shows only where no earlier one lies) until the canvas is covered or ``max_disks`` are laid (the rest takes the
+    last colour), then softened by a blur of random width (0-1.2 px), as natural edges are."""
+    import cv2
+
+    height, width = like.shape[:2]
+    colours = like.reshape(-1, 3)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    covered = np.zeros((height, width), bool)
+    r_min, r_max = 2.0, max(3.0, min(height, width) / 3)
+    for _ in range(max_disks):
+        # inverse-CDF draw of p(r) ∝ r^-3 on [r_min, r_max]
+        u = rng.random()
+        radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+        cy, cx = rng.uniform(-radius, height + radius), rng.uniform(-radius, width + radius)
+        top, bottom = max(0, int(cy - radius)), min(height, int(cy + radius) + 1)
+        left, right = max(0, int(cx - radius)), min(width, int(cx + radius) + 1)
+        if top >= bottom or left >= right:
+            continue
+        yy, xx = np.ogrid[top:bottom, left:right]
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        free = disk & ~covered[top:bottom, left:right]
+        colour = colours[int(rng.integers(0, len(colours)))]
+        canvas[top:bottom, left:right][free] = colour
+        covered[top:bottom, left:right] |= disk
+        if covered.all():
+            break
+    canvas[~covered] = colour
+    sigma = rng.uniform(0.0, 1.2)
+    if sigma > 0.3:
+        canvas = cv2.GaussianBlur(canvas, (0, 0), sigma)
+    return canvas
+
+
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A clean uint8 H×W×3 image with a random exposure (×0.5–1.3), gamma (0.7–1.5) and saturation (×0.6–1.3),
     as a new clean image (uint8 H×W×3)."""
@@ -235,6 +272,7 @@ class StreamConfig:
     task_steps: dict[str, list[dict[str, Any]]] | None = None
     head_samples: int = 0
     photometric: float = 0.0
+    synthetic_share: float = 0.0
 
 
 class _Corrupt(Exception):
@@ -316,19 +354,22 @@ class TrainStream(torch.utils.data.IterableDataset):
         channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
         extra = np.random.default_rng([cfg.seed, _MIX_STREAM + 5, cfg.rank, worker, cfg.start_step])
         tones = np.random.default_rng([cfg.seed, _MIX_STREAM + 6, cfg.rank, worker, cfg.start_step])
+        leaves = np.random.default_rng([cfg.seed, _MIX_STREAM + 7, cfg.rank, worker, cfg.start_step])
         position = 0
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             sample = next(streams[task])
-            lq, clean = sample.lq, sample.gt
+            lq, clean, key = sample.lq, sample.gt, sample.key
             if cfg.task_steps is not None:
+                if cfg.synthetic_share > 0 and leaves.random() < cfg.synthetic_share:
+                    clean = dead_leaves(clean, leaves)
+                    key = f"{sample.key}#leaves"
                 if cfg.photometric > 0 and tones.random() < cfg.photometric:
                     clean = photometric_jitter(clean, tones)
                 draw = [cfg.seed, _MIX_STREAM + 4, cfg.rank, worker, cfg.start_step, position]
                 lq = fresh_degradation(clean, cfg.task_steps[task], draw, task, sample.key)
             position += 1
             lq, gt = paired_crop_flip(lq, clean, cfg.patch, crops, sample.key)
-            key = sample.key
             if cfg.channel_shuffle > 0 and channels.random() < cfg.channel_shuffle:
                 lq, gt = paired_channel_order(lq, gt, channels)
             if cfg.identity_share > 0 and identity.random() < cfg.identity_share:

@@ -398,7 +398,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                           corrupt_samples=cfg.corrupt_samples, identity_share=cfg.identity_share,
                           channel_shuffle=cfg.channel_shuffle, task_steps=spec.get("task_steps"),
                           head_samples=cfg.head_samples if model_cfg.degradation_head else 0,
-                          photometric=cfg.photometric)
+                          photometric=cfg.photometric, synthetic_share=cfg.synthetic_share)
     loader = train_loader(stream, plan["micro_batch"], cfg.loader_workers) if start_step < spec["steps"] else None
     val_sets = load_val(spec["val_urls"], cfg.val_max_samples) if rank == 0 else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") \

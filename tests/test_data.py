@@ -320,3 +320,16 @@ def test_photometric_jitter_changes_the_clean_pair_alike(shards):
         if b["task"] == "denoise":  # the input is the degradation of the jittered clean image, not of the original
             assert abs((b["lq"].astype(float) - b["gt"]).std() - 25) < 6
     assert changed > 30
+
+
+def test_dead_leaves_take_the_photo_colours_and_replace_a_share_of_crops(shards):
+    from sipl.data import dead_leaves
+
+    photo = _clean(np.random.default_rng(3), 32)
+    leaves = dead_leaves(photo, np.random.default_rng(0))
+    assert leaves.shape == photo.shape and leaves.dtype == np.uint8 and leaves.std() > 5
+    assert np.array_equal(leaves, dead_leaves(photo, np.random.default_rng(0)))
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    items = _take(_stream(shards, patch=32, task_steps=steps, synthetic_share=0.5), 100)
+    synthetic = [i for i in items if i["key"].endswith("#leaves")]
+    assert 0.3 < len(synthetic) / len(items) < 0.7

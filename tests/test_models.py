@@ -346,3 +346,22 @@ def test_restoration_loss_does_not_train_the_global_affine():
     model.zero_grad()
     model.training_step(lq, (lq * 1.3).clamp(0, 1), l1, labels=torch.tensor([0, 2]))["loss"].backward()
     assert model.head.affine.weight.grad.abs().sum() > 0
+
+
+def test_affine_min_confidence_keeps_unsure_inputs_free_of_the_global_correction():
+    torch.manual_seed(0)
+    model = build_model("nafnet", "tiny", degradation_classes=HEAD_CLASSES, global_affine=True,
+                        affine_min_confidence=0.9).eval()
+    with torch.no_grad():
+        model.head.affine.bias.fill_(1.0)  # every class: a large gain and bias
+        model.head.classify.weight.zero_()
+        model.head.classify.bias.zero_()  # uniform probabilities: unsure
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        unsure = model.head(x)
+        assert unsure.gain.abs().max() == 0 and unsure.bias.abs().max() == 0
+        model.head.classify.bias.copy_(torch.tensor([0.0, 9.0, 0.0]))  # sure it is class 1
+        sure = model.head(x)
+        assert sure.gain.abs().min() > 0
+        # known classes (training) are never gated
+        assert model.head(x, torch.tensor([[1.0, 0.0, 0.0]])).gain.abs().min() > 0

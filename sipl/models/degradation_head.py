@@ -56,7 +56,10 @@ class DegradationHead(nn.Module):
     ``classes``: number of degradation classes (>= 2); ``global_affine``: predict the output gain and bias."""
 
     def __init__(self, level_channels: Sequence[int], classes: int, hidden: int = 64, width: int = 16,
-                 global_affine: bool = True) -> None:
+                 global_affine: bool = True, affine_min_confidence: float = 0.0) -> None:
+        """``affine_min_confidence``: at test time (no ``class_weights``) the gain and bias are applied only to
+        inputs whose most probable class has at least this probability; a correction made for the wrong class
+        (brightening a photo taken for low light) costs far more than a missed one."""
         super().__init__()
         if classes < 2:
             raise ValueError(f"degradation_classes needs at least 2 names (clean + one task), got {classes}")
@@ -70,6 +73,7 @@ class DegradationHead(nn.Module):
         self.classify = nn.Linear(hidden, classes)
         self.film = nn.ModuleList([nn.Linear(classes, 2 * c) for c in level_channels])
         self.classes = classes
+        self.affine_min_confidence = float(affine_min_confidence)
         self.affine = nn.Linear(hidden, 6 * classes) if global_affine else None
         with torch.no_grad():
             for layer in [*self.film, *([self.affine] if self.affine is not None else [])]:
@@ -96,6 +100,9 @@ class DegradationHead(nn.Module):
         if self.affine is not None:
             per_class = self.affine(hidden).view(hidden.shape[0], weights.shape[1], 6)
             affine = AFFINE_SCALE * torch.einsum("nk,nkc->nc", weights, per_class)
+            if class_weights is None and self.affine_min_confidence > 0:
+                confident = weights.max(dim=1, keepdim=True).values >= self.affine_min_confidence
+                affine = affine * confident.to(affine.dtype)
             gain, bias = affine[..., None, None].chunk(2, dim=1)
         return Conditioning(logits, film, gain, bias)
 

@@ -16,7 +16,7 @@ BACKBONES = {
 }
 SIZES = ("tiny", "small", "paper")
 # Degradation-head arguments of SIPLModel, accepted for every backbone and size (default: no head).
-HEAD_KEYS = {"degradation_classes", "global_affine"}
+HEAD_KEYS = {"degradation_classes", "global_affine", "affine_min_confidence"}
 
 
 def _plain(value: Any) -> Any:

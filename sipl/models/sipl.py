@@ -42,9 +42,11 @@ class SIPLModel(nn.Module):
     def __init__(self, backbone: Backbone, sipl: bool = True, dict_sizes: Sequence[int] = (8, 8, 8),
                  absorb_heads: Sequence[int] = (1, 2, 1), read_heads: Sequence[int] = (1, 2, 4),
                  fusion_ffn: float = 2.0, dict_init: str = "normal", degradation_classes: Sequence[str] = (),
-                 global_affine: bool = False, config: dict[str, Any] | None = None) -> None:
+                 global_affine: bool = False, affine_min_confidence: float = 0.0,
+                 config: dict[str, Any] | None = None) -> None:
         """``degradation_classes``: class names of the degradation head (empty: no head); ``global_affine``: the head
-        also predicts an output gain and bias (needs ``degradation_classes``)."""
+        also predicts an output gain and bias (needs ``degradation_classes``), applied at test time only to inputs
+        classified with at least ``affine_min_confidence``."""
         super().__init__()
         self.backbone = backbone
         self.sipl = bool(sipl)
@@ -65,7 +67,8 @@ class SIPLModel(nn.Module):
         if global_affine and not self.degradation_classes:
             raise ValueError("global_affine needs degradation_classes (the head that predicts the gain and bias)")
         self.head = (DegradationHead(backbone.fusion_channels, len(self.degradation_classes),
-                                     global_affine=global_affine) if self.degradation_classes else None)
+                                     global_affine=global_affine, affine_min_confidence=affine_min_confidence)
+                     if self.degradation_classes else None)
 
     # ---------------------------------------------------------------------------------------------- passes
 
