@@ -208,11 +208,11 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "profile": "tiny" if args.smoke else args.profile,
-                    "model": model_cfg.build_arguments(), "train": {}, "inference": None}
+                    "model": model_cfg.build_arguments(tasks=list(params.tasks)), "train": {}, "inference": None}
     recipes = {
-        "plain": (model_cfg.build_arguments(sipl=False), recipe),
-        f"sipl {recipe.privileged_source}": (model_cfg.build_arguments(), recipe),
-        "sipl ground_truth+share": (model_cfg.build_arguments(),
+        "plain": (model_cfg.build_arguments(sipl=False, tasks=list(params.tasks)), recipe),
+        f"sipl {recipe.privileged_source}": (model_cfg.build_arguments(tasks=list(params.tasks)), recipe),
+        "sipl ground_truth+share": (model_cfg.build_arguments(tasks=list(params.tasks)),
                                     recipe.model_copy(update={"privileged_source": "ground_truth",
                                                               "preliminary_share": 0.5})),
     }
@@ -221,7 +221,7 @@ def main() -> int:
                                                     steps=steps, warmup=warmup, device=device, bf16=recipe.bf16)
         _write(result, args.out)
         print(f"[{time.strftime('%H:%M:%S')}] train {name} done", flush=True)
-    result["inference"] = inference_times(model_cfg.build_arguments(), side, args.max_steps, repeats, device,
+    result["inference"] = inference_times(model_cfg.build_arguments(tasks=list(params.tasks)), side, args.max_steps, repeats, device,
                                           recipe.bf16)
     _write(result, args.out)
     _print_table(result)

@@ -282,8 +282,8 @@ def main() -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sipl_model = build_model(**model_cfg.build_arguments(sipl=True))
-    plain_model = build_model(**model_cfg.build_arguments(sipl=False))
+    sipl_model = build_model(**model_cfg.build_arguments(sipl=True, tasks=list(params.tasks)))
+    plain_model = build_model(**model_cfg.build_arguments(sipl=False, tasks=list(params.tasks)))
     figures["sipl_step_s"] = step_time(sipl_model, cfg, batch, cfg.patch)
     figures["plain_step_s"] = step_time(plain_model, cfg, batch, cfg.patch)
     figures["sipl_over_plain"] = figures["sipl_step_s"] / figures["plain_step_s"]
@@ -293,7 +293,7 @@ def main() -> int:
     figures["matmul_gflops_1thread"] = matmul_gflops(1)
     figures["train_fraction_of_matmul"] = figures["train_gflops_1thread"] / figures["matmul_gflops_1thread"]
 
-    figures.update(concurrent_scaling(model_cfg.build_arguments(sipl=True), cfg, batch, cfg.patch,
+    figures.update(concurrent_scaling(model_cfg.build_arguments(sipl=True, tasks=list(params.tasks)), cfg, batch, cfg.patch,
                                       args.concurrent_steps))
 
     if not args.no_ray:

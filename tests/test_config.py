@@ -31,10 +31,15 @@ def test_every_shipped_profile_trains_on_the_shipped_crops(profile):
 
 
 def test_model_build_arguments_carry_the_overrides():
-    model = load_params(REPO_ROOT / "params.yaml").model
-    assert model.build_arguments() == {"backbone": model.backbone, "size": model.size, "sipl": True,
-                                       **model.overrides}
-    assert model.build_arguments(sipl=False)["sipl"] is False
+    params = load_params(REPO_ROOT / "params.yaml")
+    model, tasks = params.model, list(params.tasks)
+    expected = {"backbone": model.backbone, "size": model.size, "sipl": True, **model.overrides}
+    if model.degradation_head:
+        expected["degradation_classes"] = ["clean", *tasks]
+        with pytest.raises(ValueError, match="needs the task names"):
+            model.build_arguments()
+    assert model.build_arguments(tasks=tasks) == expected
+    assert model.build_arguments(sipl=False, tasks=tasks)["sipl"] is False
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -51,9 +56,9 @@ def test_model_build_arguments_carry_the_overrides():
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),
      "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
     (lambda r: r["crops"]["train"].update(size=32),
-     "crops.train.size=32 is smaller than profiles.tiny.train.patch=48"),
+     "crops.train.size=32 is smaller than profiles.tiny.train.patch=96"),
     (lambda r: r["crops"]["train"].update(size=None, max_side=40),
-     "crops.train.max_side=40 is smaller than profiles.tiny.train.patch=48"),
+     "crops.train.max_side=40 is smaller than profiles.tiny.train.patch=96"),
 ])
 def test_bad_values_name_the_key_path(mutate, expected):
     raw = _raw()
