@@ -15,6 +15,13 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# `sipl synthesize` forks its worker pool from the process that calls it; in the test process, OpenCV has by then run
+# in other tests, and a thread pool started before a fork can leave a child waiting forever on a lock that one of
+# the parent's threads held (seen as a hang of tests/test_synthesize.py in a full run). One OpenCV thread here.
+import cv2  # noqa: E402
+
+cv2.setNumThreads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
