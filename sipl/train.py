@@ -68,7 +68,9 @@ class _StepModule(torch.nn.Module):
                                            affine_weight=head_affine)
         else:
             out = self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels, **options)
-        if head_batch is not None and (options.get("degradation_weight", 0.0) > 0 or head_affine > 0):
+        if head_batch is not None:
+            # computed even at zero weights: the classifier then stays in the graph, as DDP expects of every
+            # parameter the unused-parameter probe saw used
             terms = self.model.head_step(*head_batch, self.pixel_loss, options.get("degradation_weight", 0.0),
                                          head_affine)
             out.update(terms)
