@@ -59,20 +59,18 @@ class _StepModule(torch.nn.Module):
                 labels: torch.Tensor | None = None,
                 head_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``head_batch``: (lq, gt, labels) crops that train only the degradation head."""
-        options = dict(self.step_options)
-        head_affine = options.pop("head_affine_weight", 0.0)
-        options["affine_weight"] = head_affine
+        options = self.step_options
+        degradation_weight = options.get("degradation_weight", 0.0)
+        head_affine = options.get("affine_weight", 0.0)
         if not getattr(self.model, "sipl", False):
             out = self.model.training_step(lq, gt, self.pixel_loss, labels=labels,
-                                           degradation_weight=options.get("degradation_weight", 0.0),
-                                           affine_weight=head_affine)
+                                           degradation_weight=degradation_weight, affine_weight=head_affine)
         else:
             out = self.model.training_step(lq, gt, self.pixel_loss, generator=generator, labels=labels, **options)
         if head_batch is not None:
             # computed even at zero weights: the classifier then stays in the graph, as DDP expects of every
             # parameter the unused-parameter probe saw used
-            terms = self.model.head_step(*head_batch, self.pixel_loss, options.get("degradation_weight", 0.0),
-                                         head_affine)
+            terms = self.model.head_step(*head_batch, self.pixel_loss, degradation_weight, head_affine)
             out.update(terms)
             out["loss"] = out["loss"] + terms["head_loss"]
         return out
@@ -85,7 +83,7 @@ def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
                        random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
                        privileged_source=cfg.privileged_source, preliminary_share=cfg.preliminary_share,
-                       degradation_weight=cfg.loss.degradation, head_affine_weight=cfg.loss.head_affine)
+                       degradation_weight=cfg.loss.degradation, affine_weight=cfg.loss.head_affine)
 
 
 def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
