@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     root = args.shards or params.shards.root
     out = Path(args.out)
     model, meta = sipl.load_model(args.model)
+    from sipl.models.runtime import for_inference
+
+    model = for_inference(model, params.eval.engine)
     manifest = shards.read_manifest(root)
     grid_scheme = params.refine.scheme if params.refine.scheme in params.refine.schemes else params.refine.schemes[0]
     # The grids come from the reporting split: test when evaluated, else the last split.

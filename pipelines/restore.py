@@ -34,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="tile side in pixels for large images; 0 = never tile (default: 512 above 512 px)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in pixels")
     parser.add_argument("--model", default="models", help="exported model folder (default: models)")
+    parser.add_argument("--engine", choices=["auto", "onnx", "eager"], default="auto",
+                        help="how the model runs: onnx (ONNX Runtime, the fast CPU path), eager (PyTorch); "
+                             "auto = onnx on CPU, eager on CUDA")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cpu, or cuda (a GPU; bf16 where supported)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise SiplError("no input image found; pass image files, folders or glob patterns")
     model, meta = sipl.load_model(args.model)
     steps, scheme, source = resolve_setting(args, meta)
+    from sipl.models.runtime import for_inference
+
+    model = for_inference(model, args.engine, args.device)
     described = (f"{steps} step(s)" if isinstance(steps, int)
                  else "steps per degradation " + ", ".join(f"{k} {v}" for k, v in steps.items()))
     print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme}, {described} (from {source})",

@@ -247,6 +247,9 @@ class EvalConfig(_Strict):
     splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["val", "test"], min_length=1)
     tile: int | None = Field(None, ge=32, description="tile side for large images; null = whole image")
     tile_overlap: int = Field(16, ge=0)
+    engine: Literal["auto", "onnx", "eager"] = Field("auto", description=(
+        "how the model runs (sipl.models.runtime): onnx = ONNX Runtime (~4x faster on CPU, outputs within 1e-6 of "
+        "eager), eager = PyTorch; auto = onnx"))
     max_images_per_task: int | None = Field(None, ge=1)
     classical: bool = True
     sample_grid_images: int = Field(2, ge=1)

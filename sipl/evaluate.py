@@ -89,7 +89,7 @@ def evaluate_sample(model: torch.nn.Module, sample: Sample, acc: TaskAccumulator
 
     lq, gt = to_tensor(sample.lq), to_tensor(sample.gt)
     acc.images += 1
-    if getattr(model, "head", None) is not None:
+    if getattr(model, "degradation_classes", None):
         from sipl.refine import predict_degradation
 
         label = predict_degradation(model, sample.lq)

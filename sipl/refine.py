@@ -16,7 +16,7 @@ code between steps is unaffected). With ``tile`` set, the whole chain runs per t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -59,17 +59,21 @@ def _chain(model, x: Tensor, steps: int, scheme: str) -> Iterator[tuple[int, Ten
                 preliminary = model.decode(state).clamp(0, 1)
             else:
                 preliminary = out
-            out = model.decode(state, model.encode_privileged(preliminary)).clamp(0, 1)
+            out = model.decode(state, preliminary).clamp(0, 1)  # the preliminary's encoder features
         yield step, out
 
 
 def refine(model, x: Tensor, steps: int, scheme: str = "anchored", tile: int | None = None,
-           tile_overlap: int = 16) -> Iterator[tuple[int, Tensor]]:
+           tile_overlap: int = 16, last_only: bool = False,
+           on_tile: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(step, output)`` for step 0..``steps``; x and outputs N×3×H×W float in [0,1] (outputs clipped).
 
-    ``model`` is a ``sipl.models.SIPLModel`` (plain models yield the same restoration at every step).
+    ``model`` is a ``sipl.models.SIPLModel`` or what ``sipl.models.runtime.for_inference`` made of one (plain models
+    yield the same restoration at every step).
     ``tile``: run the chain per tile of that side (overlap ``tile_overlap``, blended seams) for large images;
-    outputs of all steps are then produced together once every tile has run."""
+    outputs of all steps are then produced together once every tile has run, and ``on_tile(done, total)`` is called
+    after each tile. ``last_only``: yield only ``(steps, output)`` (a tiled run then blends one output, not
+    ``steps + 1``: the memory of a large image's restore stays at one image's worth)."""
     if scheme not in SCHEMES:
         raise SiplError(f"unknown refinement scheme {scheme!r}; use one of {list(SCHEMES)}")
     if not isinstance(steps, int) or steps < 0:
@@ -77,12 +81,17 @@ def refine(model, x: Tensor, steps: int, scheme: str = "anchored", tile: int | N
     if x.dim() != 4 or x.shape[1] != 3:
         raise SiplError(f"refine expects an N×3×H×W image batch, got shape {tuple(x.shape)}")
     if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
-        yield from _chain(model, x, steps, scheme)
+        for step, out in _chain(model, x, steps, scheme):
+            if not last_only or step == steps:
+                yield step, out
+        if on_tile is not None:
+            on_tile(1, 1)
         return
 
     def run_tile(patch: Tensor) -> list[Tensor]:
-        return [out for _, out in _chain(model, patch, steps, scheme)]
+        outputs = [out for _, out in _chain(model, patch, steps, scheme)]
+        return outputs[-1:] if last_only else outputs
 
     with torch.inference_mode():
-        outputs = tiled_map(run_tile, x, tile, tile_overlap, align=getattr(model, "multiple", 1))
-    yield from enumerate(outputs)
+        outputs = tiled_map(run_tile, x, tile, tile_overlap, align=getattr(model, "multiple", 1), on_tile=on_tile)
+    yield from ([(steps, outputs[0])] if last_only else enumerate(outputs))

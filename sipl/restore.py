@@ -24,6 +24,7 @@ import torch
 
 from sipl.errors import SiplError
 from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
+from sipl.tiling import tile_count, tile_spans
 
 AUTO_TILE = 512
 _GLOB_CHARS = set("*?[")
@@ -96,7 +97,7 @@ def choose_tile(height: int, width: int, tile: int | None) -> int | None:
     return AUTO_TILE if max(height, width) > AUTO_TILE else None
 
 
-def steps_for(model: torch.nn.Module, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
+def steps_for(model: Any, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
     """(step count, predicted class or None) for one image: ``steps`` itself when it is a number; else the count
     of the class the model predicts (0 for a class ``steps`` does not list)."""
     from sipl.refine import predict_degradation
@@ -107,14 +108,49 @@ def steps_for(model: torch.nn.Module, image: np.ndarray, steps: int | dict[str, 
     return int(steps.get(label, 0)), label
 
 
-def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme: str, tile: int | None,
-                  tile_overlap: int = 16) -> np.ndarray:
+def chain_passes(steps: int, scheme: str) -> int:
+    """Cost of restoring with ``steps`` refinement steps, in full passes (one encoder + one decoder pass = 1):
+    step 0 is one pass; an anchored step one more; an official step one (the first) or two (each later one)."""
+    if scheme == "official":
+        return 1 + min(steps, 1) + 2 * max(steps - 1, 0)
+    return 1 + steps
+
+
+def processed_megapixels(height: int, width: int, tile: int | None, overlap: int, align: int) -> float:
+    """Megapixels one pass runs on: the image, or the sum of its (overlapping) tiles."""
+    if tile is None:
+        return height * width / 1e6
+    tile = tile // align * align
+    rows = sum(end - start for start, end in tile_spans(height, tile, overlap, align))
+    cols = sum(end - start for start, end in tile_spans(width, tile, overlap, align))
+    return rows * cols / 1e6
+
+
+def measure_pass_speed(model: Any, side: int = 256) -> float:
+    """Seconds per megapixel of one full pass (step 0) of ``model`` on this machine, timed on a side×side probe
+    after one warm-up run; the basis of the estimate printed before each image."""
+    from sipl.refine import refine
+
+    probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for _ in refine(model, probe, 0):
+            pass
+        seconds.append(time.perf_counter() - start)
+    return seconds[-1] / (side * side / 1e6)
+
+
+def restore_array(model: Any, image: np.ndarray, steps: int, scheme: str, tile: int | None,
+                  tile_overlap: int = 16, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Restore one image.
 
     Args:
+        model: a ``SIPLModel`` or what ``sipl.models.runtime.for_inference`` made of one.
         image: uint8 H x W x 3 RGB, any size.
         steps: refinement steps (0 = the preliminary restoration only).
         tile: tile side, or None for the whole image at once.
+        on_tile: called as ``on_tile(done, total)`` after each tile (once for an untiled image).
 
     Returns:
         uint8 H x W x 3 RGB (output clipped to [0, 1] and rounded).
@@ -125,17 +161,25 @@ def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme:
     x = to_tensor(image)
     output = None
     with torch.inference_mode():
-        for _, output in refine(model, x, steps, scheme=scheme, tile=tile, tile_overlap=tile_overlap):
+        for _, output in refine(model, x, steps, scheme=scheme, tile=tile, tile_overlap=tile_overlap,
+                                last_only=True, on_tile=on_tile):
             pass
     return to_uint8(output)
 
 
-def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
              tile: int | None,
              tile_overlap: int = 16, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Restore every planned file, one at a time (tqdm progress bar on stderr). ``steps``: a step count, or step
-    counts per degradation class (the model's head picks the class of each image, see ``steps_for``).
+    """Restore every planned file, one at a time. ``steps``: a step count, or step counts per degradation class
+    (the model's head picks the class of each image, see ``steps_for``).
+
+    Before each image one line says its size, tiles, step count and estimated time (from a short speed probe of
+    the model on this machine); with ``progress`` a tqdm bar on stderr then counts its tiles, with an ETA.
 
     Returns:
         ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation"}],
@@ -145,9 +189,11 @@ def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dic
 
     model.eval()
     done, failed = [], [{"input": arg, "reason": reason} for arg, reason in restore_plan.missing]
-    bar = tqdm(restore_plan.jobs, unit="img", disable=not progress, desc="restore", file=sys.stderr)
     emit = (lambda message: tqdm.write(message, file=sys.stderr)) if progress else log
-    for src, dst in bar:
+    align = getattr(model, "multiple", 1)
+    seconds_per_mp = measure_pass_speed(model) if restore_plan.jobs else 0.0
+    count = len(restore_plan.jobs)
+    for index, (src, dst) in enumerate(restore_plan.jobs, 1):
         start = time.perf_counter()
         try:
             image, notes = read_rgb(src)
@@ -157,7 +203,16 @@ def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dic
             continue
         height, width = image.shape[:2]
         image_steps, label = steps_for(model, image, steps)
-        restored = restore_array(model, image, image_steps, scheme, choose_tile(height, width, tile), tile_overlap)
+        image_tile = choose_tile(height, width, tile)
+        tiles = tile_count(height, width, image_tile, tile_overlap, align) if image_tile else 1
+        estimate = (seconds_per_mp * processed_megapixels(height, width, image_tile, tile_overlap, align)
+                    * chain_passes(image_steps, scheme))
+        emit(f"[{index}/{count}] {src}: {width}x{height}, {tiles} tile(s), {image_steps} refinement step(s)"
+             f"{' (looks like ' + label + ')' if label else ''}, about {_duration(estimate)}")
+        with tqdm(total=tiles, unit="tile", disable=not progress, desc=f"[{index}/{count}] {src.name}",
+                  file=sys.stderr, leave=False) as bar:
+            restored = restore_array(model, image, image_steps, scheme, image_tile, tile_overlap,
+                                     on_tile=lambda finished, _total: bar.update(finished - bar.n))
         write_png_atomic(restored, dst)
         seconds = time.perf_counter() - start
         if label is not None:

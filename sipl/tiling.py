@@ -11,6 +11,8 @@ global operations (channel-attention pooling, attention over the whole image) on
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -20,15 +22,23 @@ from sipl.errors import SiplError
 
 
 def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` covering ``range(length)``; consecutive spans overlap by at least ``overlap``."""
+    """``[(start, end), ...]`` covering ``range(length)`` with as few spans of at most ``tile`` as the overlap
+    allows, all of one size (the last one extends to the end) and evenly spread, starts multiples of ``align``;
+    consecutive spans overlap by at least ``overlap``.
+
+    Evenly spread spans keep the work close to the image itself: a 1024-pixel side in tiles of 512 runs 3 spans of
+    360 (1080 pixels), where spans of the full tile side would run 3 of 512 (1536)."""
     if length <= tile:
         return [(0, length)]
-    stride = max(align, (tile - overlap) // align * align)
-    starts = list(range(0, length - tile + 1, stride))
-    last = (length - tile) // align * align
-    if last > starts[-1]:
-        starts.append(last)
-    return [(s, s + tile) for s in starts[:-1]] + [(starts[-1], length)]
+    # Starts are rounded down to ``align``, which can shift a span by up to align - 1 pixels: budget for it.
+    reach = tile - overlap - align
+    if reach < 1:
+        raise SiplError(f"tiling needs a tile ({tile}) larger than the overlap ({overlap}) plus the model's "
+                        f"alignment ({align}); use a larger tile or a smaller overlap")
+    count = max(2, math.ceil((length - overlap - align) / reach))
+    size = min(tile, -(-math.ceil((length + (count - 1) * (overlap + align)) / count) // align) * align)
+    starts = [int(round(i * (length - size) / (count - 1))) // align * align for i in range(count)]
+    return [(start, start + size) for start in starts[:-1]] + [(starts[-1], length)]
 
 
 def _window(start: int, end: int, length: int, overlap: int) -> Tensor:
@@ -41,18 +51,25 @@ def _window(start: int, end: int, length: int, overlap: int) -> Tensor:
     return ((dist - dead + 1) / (ramp + 1)).clamp(0, 1)
 
 
+def tile_count(height: int, width: int, tile: int, overlap: int = 16, align: int = 1) -> int:
+    """Number of tiles ``tiled_map`` runs on an H×W image."""
+    tile = tile // align * align
+    return len(tile_spans(height, tile, overlap, align)) * len(tile_spans(width, tile, overlap, align))
+
+
 def tiled_map(fn: Callable[[Tensor], list[Tensor]], x: Tensor, tile: int, overlap: int = 16,
-              align: int = 1) -> list[Tensor]:
+              align: int = 1, on_tile: Callable[[int, int], None] | None = None) -> list[Tensor]:
     """Apply ``fn`` (N×C×h×w -> list of N×C'×h×w) tile by tile to N×C×H×W ``x`` and blend each output.
 
-    ``tile`` is rounded down to a multiple of ``align``. Returns the list of blended N×C'×H×W outputs (same length
-    and order as ``fn``'s)."""
+    ``tile`` is rounded down to a multiple of ``align``. ``on_tile(done, total)`` is called after each tile.
+    Returns the list of blended N×C'×H×W outputs (same length and order as ``fn``'s)."""
     tile = tile // align * align
     if tile < 1 or overlap < 0 or overlap >= tile:
         raise SiplError(f"tiling needs tile > overlap >= 0 with tile a multiple of {align} "
                         f"(got tile={tile}, overlap={overlap}); use a larger tile or a smaller overlap")
     height, width = x.shape[-2:]
     rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
+    total, done = len(rows) * len(cols), 0
     sums: list[Tensor] | None = None
     norm = torch.zeros(1, 1, height, width, dtype=torch.float32, device=x.device)
     for y0, y1 in rows:
@@ -66,4 +83,9 @@ def tiled_map(fn: Callable[[Tensor], list[Tensor]], x: Tensor, tile: int, overla
             for acc, out in zip(sums, outputs):
                 acc[..., y0:y1, x0:x1] += out.float() * weight
             norm[..., y0:y1, x0:x1] += weight
-    return [(acc / norm).to(x.dtype) for acc in sums]
+            done += 1
+            if on_tile is not None:
+                on_tile(done, total)
+    for acc in sums:
+        acc.div_(norm)  # in place: a large image's outputs are not copied again
+    return [acc.to(x.dtype) for acc in sums]

@@ -22,6 +22,15 @@ import cv2  # noqa: E402
 
 cv2.setNumThreads(1)
 
+# Exported ONNX graphs (sipl.models.onnx_engine) go to a cache of this test session, shared with its child processes.
+if "SIPL_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SIPL_CACHE_DIR"] = tempfile.mkdtemp(prefix="sipl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SIPL_CACHE_DIR"], True)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

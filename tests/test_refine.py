@@ -123,7 +123,7 @@ class LocalModel(nn.Module):
 
     def decode(self, state, privileged=None):
         out = 0.5 + 0.5 * torch.tanh(self.dec(state))
-        return out if privileged is None else out + 0.3 * privileged
+        return out if privileged is None else out + 0.3 * self.encode_privileged(privileged)
 
     def encode_privileged(self, image):
         return torch.tanh(self.priv(image))
