@@ -125,7 +125,7 @@ def restore_rss(model_dir: Path, megapixels: int, steps: str, work: Path) -> dic
     wall = time.perf_counter() - start
     if completed.returncode != 0:
         raise SystemExit(f"sipl restore failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
-    updates = completed.stderr.count(" tile/s]") + completed.stderr.count(" s/tile]")
+    updates = completed.stderr.count("tile/s]") + completed.stderr.count("s/tile]")
     return {"size": [height, width], "steps": steps, "wall_s": round(wall, 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3),
             "progress_updates": updates}
@@ -137,7 +137,7 @@ def main() -> int:
         print(json.dumps(run_case(model_dir, engine, int(side), int(steps), scheme, int(threads))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4000],
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4000],
                         help="longest sides: 1024 (1 MP), 4000 (4000×3000, 12 MP), 6000 (24 MP)")
     parser.add_argument("--model", default=None, help="exported model folder (default: an untrained default model)")
     parser.add_argument("--threads", type=int, default=2)
@@ -185,6 +185,7 @@ def main() -> int:
     print(f"{'size':>11} {'setting':>12} {'eager s/MP':>10} {'onnx s/MP':>9} {'speed-up':>8} "
           f"{'x step 0':>8} {'peak GiB':>8}")
     by_key = {(tuple(c["size"]), c["steps"], c["scheme"], c["engine"]): c for c in figures["cases"]}
+    print("" if by_key else "(no --sizes: no speed table)")
     for (size, steps, scheme, engine), case in by_key.items():
         if engine != "onnx":
             continue
