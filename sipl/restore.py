@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sipl.errors import SiplError
-from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
+from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
 
 AUTO_TILE = 512
 _GLOB_CHARS = set("*?[")
@@ -130,12 +130,22 @@ def restore_array(model: torch.nn.Module, image: np.ndarray, steps: int, scheme:
     return to_uint8(output)
 
 
+def _work_size(height: int, width: int, tile: int | None, overlap: int) -> str:
+    """``"whole image"`` or ``"~N tiles"`` for the line said before an image's work starts."""
+    if tile is None:
+        return "whole image"
+    from sipl.tiling import tile_spans
+
+    return f"~{len(tile_spans(height, tile, overlap)) * len(tile_spans(width, tile, overlap))} tiles of {tile} px"
+
+
 def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
              tile: int | None,
              tile_overlap: int = 16, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Restore every planned file, one at a time (tqdm progress bar on stderr). ``steps``: a step count, or step
-    counts per degradation class (the model's head picks the class of each image, see ``steps_for``).
+    counts per degradation class (the model's head picks the class of each image, see ``steps_for``). Files above
+    ``max_pixels`` pixels are skipped like unreadable ones, before they are decoded.
 
     Returns:
         ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation"}],
@@ -150,12 +160,13 @@ def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dic
     for src, dst in bar:
         start = time.perf_counter()
         try:
-            image, notes = read_rgb(src)
+            image, notes = read_rgb(src, max_pixels=max_pixels)
         except SiplError as error:
             failed.append({"input": str(src), "reason": str(error)})
             emit(f"skipped {src}: {error}")
             continue
         height, width = image.shape[:2]
+        emit(f"restoring {src} ({width}x{height}, {_work_size(height, width, choose_tile(height, width, tile), tile_overlap)})")
         image_steps, label = steps_for(model, image, steps)
         restored = restore_array(model, image, image_steps, scheme, choose_tile(height, width, tile), tile_overlap)
         write_png_atomic(restored, dst)
