@@ -46,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise SiplError(f"{model_dir}: no model folder; run `sipl train` first")
-    benchmarks_path = args.benchmarks_metrics or Path(args.metrics).with_name("benchmarks.json")
-    for option, path in (("--metrics", args.metrics), ("--benchmarks-metrics", benchmarks_path)):
-        writable_file(path, option)
     try:
         chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
                                   schemes=list(params.refine.schemes), min_gain_db=params.refine.min_gain_db)
@@ -58,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         what = f"key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
         raise SiplError(f"{steps_file}: not the content `sipl evaluate` writes ({what}); re-run `sipl evaluate`"
                         ) from None
+    benchmarks_path = args.benchmarks_metrics or Path(args.metrics).with_name("benchmarks.json")
+    for option, path in (("--metrics", args.metrics), ("--benchmarks-metrics", benchmarks_path)):
+        writable_file(path, option)  # all checked before the first is written
     write_json_atomic(args.metrics, document)
     write_json_atomic(benchmarks_path, benchmark_document)
     write_json_atomic(model_dir / "selection.json", selection.selection_file(chosen))

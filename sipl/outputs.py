@@ -52,5 +52,9 @@ def writable_file(path: str | os.PathLike[str], option: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise SiplError(f"{option} {target}: is a folder; give a file path")
-    writable_dir(target.parent if str(target.parent) else ".", f"{option} {target}: folder")
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise SiplError(f"{option} {target}: {blocking} is a file, so the folder for it cannot be created; give "
+                        "another path")
+    writable_dir(target.parent, option)
     return target
