@@ -77,9 +77,8 @@ def _open_limited(data: bytes, max_pixels: int) -> Image.Image:
 def too_many_pixels(width: int, height: int, max_pixels: int, name: str) -> SiplError:
     """The error for an image above the pixel limit: its size, the limit and how to raise it."""
     return SiplError(f"{name}: {width}x{height} = {width * height:,} pixels is above the limit of {max_pixels:,} "
-                     "(a possible decompression bomb). If you trust the file, raise the limit: "
-                     "`sipl restore --max-pixels N`, `sipl import-benchmark --max-pixels N`, or "
-                     "`max_pixels: N` on the entry of params `sources` / `benchmarks`")
+                     "(a possible decompression bomb); if you trust the file, raise the limit (--max-pixels, or "
+                     "max_pixels in params sources / benchmarks)")
 
 
 def decode_rgb(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
