@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     import sipl
     from sipl import restore
     from sipl.errors import SiplError
-
     from sipl.outputs import writable_dir
 
     if args.tile is not None and 0 < args.tile < 32:

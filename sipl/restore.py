@@ -166,9 +166,10 @@ def run_plan(model: torch.nn.Module, restore_plan: RestorePlan, steps: int | dic
             emit(f"skipped {src}: {error}")
             continue
         height, width = image.shape[:2]
-        emit(f"restoring {src} ({width}x{height}, {_work_size(height, width, choose_tile(height, width, tile), tile_overlap)})")
+        image_tile = choose_tile(height, width, tile)
+        emit(f"restoring {src} ({width}x{height}, {_work_size(height, width, image_tile, tile_overlap)})")
         image_steps, label = steps_for(model, image, steps)
-        restored = restore_array(model, image, image_steps, scheme, choose_tile(height, width, tile), tile_overlap)
+        restored = restore_array(model, image, image_steps, scheme, image_tile, tile_overlap)
         write_png_atomic(restored, dst)
         seconds = time.perf_counter() - start
         if label is not None:
