@@ -1,6 +1,7 @@
 # Two entry points: `make pipeline` and `make test`. Both create .venv once and reuse it.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first supported interpreter on the PATH (requires-python: 3.11 to 3.14); `make PYTHON=python3.13` picks one.
+PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.13 3.14,$(shell command -v python$(v) 2>/dev/null)) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -79,14 +79,27 @@ def check_repo(cwd: Path) -> tuple[list[Check], Path | None]:
     return checks, root
 
 
-def check_params(root: Path) -> tuple[list[Check], object | None]:
+def params_path(root: Path, given: str | None) -> Path:
+    """The params file to check: ``--params`` as given (relative to the working directory); by default the
+    project's ``params.yaml`` (the one `dvc repro` reads), wherever in the project doctor runs."""
+    if given in (None, dvc_runner.PARAMS_FILE) and not Path(dvc_runner.PARAMS_FILE).is_file():
+        return root / dvc_runner.PARAMS_FILE
+    return Path(given or dvc_runner.PARAMS_FILE)
+
+
+def check_params(root: Path, path: Path | None = None) -> tuple[list[Check], object | None]:
     from sipl.config import ConfigError, load_params
 
+    path = path or root / dvc_runner.PARAMS_FILE
+    name = str(path)
     try:
-        params = load_params(root / dvc_runner.PARAMS_FILE)
+        params = load_params(path)
     except ConfigError as error:
-        return [Check("params.yaml", "FAIL", str(error))], None
-    checks = [Check("params.yaml", "ok", f"valid (profile {params.profile}, {len(params.tasks)} tasks)")]
+        return [Check(name, "FAIL", str(error))], None
+    checks = [Check(name, "ok", f"valid (profile {params.profile}, {len(params.tasks)} tasks)")]
+    if path.resolve() != (root / dvc_runner.PARAMS_FILE).resolve():
+        checks.append(Check(name, "warn", f"`dvc repro` reads {root / dvc_runner.PARAMS_FILE}, not this file; run "
+                            f"the stage commands with --params {name}, or copy it there"))
     if params.shards.root.startswith("s3://"):
         checks.append(Check("shards.root", "warn", f"{params.shards.root} is on S3: the DVC pipeline versions "
                             "shards at data/shards; run `sipl synthesize` and `sipl train` directly for S3 shards "
@@ -207,11 +220,13 @@ def check_s3_env(params) -> list[Check]:
                   "a non-AWS S3 service")]
 
 
-def run_checks(cwd: Path, timeout_s: float) -> list[Check]:
+def run_checks(cwd: Path, timeout_s: float, params_file: str | None = None) -> list[Check]:
     checks, root = check_repo(cwd)
     if root is None:
+        if params_file not in (None, dvc_runner.PARAMS_FILE):
+            checks += check_params(cwd, Path(params_file))[0]
         return checks + check_prefect(timeout_s) + check_ray(timeout_s)
-    params_checks, params = check_params(root)
+    params_checks, params = check_params(root, params_path(root, params_file))
     checks += params_checks
     checks += check_stage_deps(root)
     checks += check_remote(root, timeout_s)
@@ -226,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_repo:
         for action in init_repo(cwd):
             print(f"done: {action}")
-    checks = run_checks(cwd, args.timeout)
+    checks = run_checks(cwd, args.timeout, args.params)
     width = max(len(c.name) for c in checks)
     for check in checks:
         print(f"{check.status:>4}  {check.name:<{width}}  {check.message}")

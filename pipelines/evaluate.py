@@ -36,14 +36,28 @@ def run(args: argparse.Namespace) -> int:
     from sipl.errors import SiplError
     from sipl.imageio import write_png_atomic
 
+    from sipl.outputs import writable_dir
+
     params = load_params(args.params)
     root = args.shards or params.shards.root
     out = Path(args.out)
+    for folder in (out / "metrics", out / "plots" / "samples"):
+        writable_dir(folder, "--out")
+    manifest = shards.read_manifest(root)
+    # Every shard read is checked against the manifest (sha256 and sample count), like `sipl train` does: a shard
+    # cut at a member boundary is still a valid tar and would otherwise be scored on fewer images than listed.
+    entries_by_split = {
+        split: {task: shards.shard_entries(root, split, task, manifest)
+                for task in sorted(manifest["splits"].get(split) or {})}
+        for split in params.eval.splits}
+    if not shards.is_remote(root):  # local: all before any model work; S3: each shard as it is read (one download)
+        for tasks in entries_by_split.values():
+            for entries in tasks.values():
+                shards.verify_shards(entries)
     model, meta = sipl.load_model(args.model)
     from sipl.models.runtime import for_inference
 
     model = for_inference(model, params.eval.engine)
-    manifest = shards.read_manifest(root)
     grid_scheme = params.refine.scheme if params.refine.scheme in params.refine.schemes else params.refine.schemes[0]
     # The grids come from the reporting split: test when evaluated, else the last split.
     grid_split = "test" if "test" in params.eval.splits else params.eval.splits[-1]
@@ -72,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         samples_by_task = {}
         for task, entry in tasks.items():
             family = entry.get("family") or (params.tasks[task].family if task in params.tasks else "other")
-            urls = shards.shard_urls(root, split, task, manifest=manifest)
-            samples_by_task[task] = (family, shards.iter_samples(urls))
+            samples_by_task[task] = (family, shards.iter_checked_samples(entries_by_split[split][task]))
         say(f"{split}: {len(samples_by_task)} tasks, schemes {params.refine.schemes}, "
             f"steps 0..{params.refine.max_steps}")
         results, grids = evaluate.evaluate_split(

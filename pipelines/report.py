@@ -17,8 +17,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sipl.outputs import writable_dir
     from sipl.report import build_report
 
+    writable_dir(args.out, "--out")
     params_path = Path(args.params)
     params_text = params_path.read_text() if params_path.is_file() else None
     index = build_report(Path(args.root), Path(args.out), params_text)

@@ -23,7 +23,19 @@ def _steps(value: str) -> str | int:
     return steps
 
 
+def _max_pixels(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-pixels takes an integer >= 1, got {value!r}") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"--max-pixels must be >= 1, got {limit}")
+    return limit
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from sipl.imageio import DEFAULT_MAX_PIXELS
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, help="output folder (PNG files named after the inputs)")
     parser.add_argument("--steps", type=_steps, default="auto",
@@ -40,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu, or cuda (a GPU; bf16 where supported)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
+                        help="skip images with more pixels than this, before decoding them (decompression bombs; "
+                             f"default {DEFAULT_MAX_PIXELS}, Pillow's limit)")
 
 
 def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int | dict[str, int], str, str]:
@@ -75,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
     import sipl
     from sipl import restore
     from sipl.errors import SiplError
+    from sipl.outputs import writable_dir
 
     if args.tile is not None and 0 < args.tile < 32:
         raise SiplError(f"--tile {args.tile} is too small; use 0 (no tiling) or at least 32")
+    if args.tile is not None and args.tile < 0:
+        raise SiplError(f"--tile {args.tile} is negative; use 0 (no tiling) or at least 32")
+    if args.tile_overlap < 0:
+        raise SiplError(f"--tile-overlap {args.tile_overlap} is negative; use 0 or more pixels")
     restore_plan = restore.plan(args.inputs, args.output)
     if not restore_plan.jobs:
         for argument, reason in restore_plan.missing:
             print(f"sipl restore: {argument}: {reason}", file=sys.stderr)
         raise SiplError("no input image found; pass image files, folders or glob patterns")
+    writable_dir(args.output, "-o")  # before any work: a bad -o must not cost a restored image
     model, meta = sipl.load_model(args.model)
     steps, scheme, source = resolve_setting(args, meta)
     from sipl.models.runtime import for_inference
@@ -93,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme}, {described} (from {source})",
           file=sys.stderr)
     summary = restore.run_plan(model, restore_plan, steps, scheme, args.tile, args.tile_overlap,
-                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                               max_pixels=args.max_pixels)
     for item in summary["failed"]:
         print(f"sipl restore: failed: {item['input']}: {item['reason']}", file=sys.stderr)
     total = sum(item["seconds"] for item in summary["done"])

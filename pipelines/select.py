@@ -41,15 +41,25 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(eval_steps, dict) or "splits" not in eval_steps:
         raise SiplError(f"{steps_file}: not an evaluation file (no 'splits'); re-run `sipl evaluate`")
 
-    chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
-                              schemes=list(params.refine.schemes), min_gain_db=params.refine.min_gain_db)
-    document = selection.eval_metrics(eval_steps, chosen)
-    benchmark_document = selection.benchmark_metrics(eval_steps, chosen)
+    from sipl.outputs import writable_file
+
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise SiplError(f"{model_dir}: no model folder; run `sipl train` first")
+    try:
+        chosen = selection.select(eval_steps, params.refine_steps, scheme=params.refine.scheme,
+                                  schemes=list(params.refine.schemes), min_gain_db=params.refine.min_gain_db)
+        document = selection.eval_metrics(eval_steps, chosen)
+        benchmark_document = selection.benchmark_metrics(eval_steps, chosen)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        what = f"key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise SiplError(f"{steps_file}: not the content `sipl evaluate` writes ({what}); re-run `sipl evaluate`"
+                        ) from None
+    benchmarks_path = args.benchmarks_metrics or Path(args.metrics).with_name("benchmarks.json")
+    for option, path in (("--metrics", args.metrics), ("--benchmarks-metrics", benchmarks_path)):
+        writable_file(path, option)  # all checked before the first is written
     write_json_atomic(args.metrics, document)
-    write_json_atomic(args.benchmarks_metrics or Path(args.metrics).with_name("benchmarks.json"), benchmark_document)
+    write_json_atomic(benchmarks_path, benchmark_document)
     write_json_atomic(model_dir / "selection.json", selection.selection_file(chosen))
     all_group = document["groups"]["all"]
     print(f"sipl select: {chosen['scheme']} x {chosen['steps']} step(s) ({chosen['criterion']}); "

@@ -34,6 +34,11 @@ def run(args) -> int:
     from sipl.train import fit, make_spec
 
     params = _with_overrides(load_params(args.params), args)
+    from sipl.shards import require_bucket
+
+    # Before any work, and never created: a typo in a bucket name must not make storage appear.
+    require_bucket(params.shards.root, f"{args.params} shards.root")
+    require_bucket(params.ray.storage_path, f"{args.params} ray.storage_path")
     if args.check:
         spec = make_spec(params)
         print(json.dumps({"fingerprint": spec["fingerprint"], "plan": spec["plan"], "weights": spec["weights"],

@@ -12,11 +12,17 @@ Supported layouts (names as the benchmarks ship them):
 
 Pairs are centre-cropped to a multiple of 16 (the field's convention). Every missing partner or size mismatch is
 collected and reported in one list before anything is written.
+
+The output root must be new, empty, or an earlier import of the same kind (which is replaced as a whole once the
+new one is complete); anything else there, such as the shards of ``sipl synthesize`` or another kind's import, is
+refused before any image is read, so nothing already there is lost.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,9 +30,10 @@ from typing import Callable
 import numpy as np
 
 from sipl.errors import SiplError
-from sipl.imageio import IMAGE_SUFFIXES, read_rgb
+from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb
 from sipl.seeding import derive_seed
-from sipl.shards import MANIFEST, SKIPPED, Sample, write_json, write_task_shards, join, sample_key
+from sipl.shards import (MANIFEST, SKIPPED, Sample, is_remote, join, read_bytes, require_bucket, sample_key,
+                         write_json, write_task_shards)
 from sipl.sources import safe_id
 
 CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
@@ -163,15 +170,73 @@ def _mod_crop(image: np.ndarray, multiple: int, max_side: int | None = None) -> 
     return image[top:top + h, left:left + w]
 
 
+def _existing_files(out_root: str) -> list[str]:
+    """Paths (relative to ``out_root``, '/'-separated) of every file already under a local folder or S3 prefix."""
+    if is_remote(out_root):
+        import fsspec
+
+        prefix = out_root.rstrip("/")
+        fs = fsspec.filesystem("s3")
+        return sorted(key[len(prefix) - len("s3://") + 1:] for key in fs.find(prefix[len("s3://"):])
+                      if not key.endswith("/"))
+    from sipl.outputs import writable_dir
+
+    folder = Path(out_root)
+    if folder.exists() and not folder.is_dir():
+        raise SiplError(f"-o {folder}: is an existing file; give a folder for the shards")
+    writable_dir(folder.resolve().parent, "-o")  # the output is built beside it, then renamed
+    if not folder.is_dir():
+        return []
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+
+
+def check_out_root(out_root: str, kind: str) -> bool:
+    """Whether ``out_root`` holds an earlier import of ``kind`` to be replaced (False: it is new or empty).
+
+    Raises:
+        SiplError naming the folder and what it holds when it holds anything else (shards of another stage, another
+        kind's import, unrelated files): importing there would overwrite or orphan them.
+    """
+    require_bucket(out_root, "-o")
+    files = _existing_files(out_root)
+    if not files:
+        return False
+    manifest = None
+    if MANIFEST in files:
+        try:
+            manifest = json.loads(read_bytes(join(out_root, MANIFEST)))
+        except (OSError, ValueError):
+            manifest = None
+    if isinstance(manifest, dict) and manifest.get("benchmark") == kind:
+        listed = {MANIFEST, SKIPPED} | {f"test/{entry.get('name')}"
+                                        for task in (manifest.get("splits") or {}).get("test", {}).values()
+                                        for entry in task.get("shards", [])}
+        if set(files) <= listed:
+            return True
+    if isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict):
+        what = (f"an import of {manifest['benchmark']}" if manifest.get("benchmark")
+                else f"shards with a manifest of splits {', '.join(sorted(manifest['splits']))}")
+    else:
+        what = "files that are not an earlier import of " + kind
+    shown = ", ".join(files[:5]) + (f", ... ({len(files)} in all)" if len(files) > 5 else "")
+    raise SiplError(f"-o {out_root}: already holds {what} ({shown}); importing there would overwrite or orphan "
+                    f"them. Give a new or empty folder with -o (the default is data/imported/{kind}), or move "
+                    "those files away first.")
+
+
 def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: list[int] | None = None,
                      seed: int = 0, multiple: int = 16, maxcount: int = 256, encoding: str = "npy",
-                     skip_unpaired: bool = False, max_side: int | None = None) -> dict:
+                     skip_unpaired: bool = False, max_side: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Convert one benchmark folder into shards under ``out_root/test/``; returns the manifest.
 
-    Pairs are centre-cropped to multiples of ``multiple`` and, with ``max_side``, to at most that side."""
+    Pairs are centre-cropped to multiples of ``multiple`` and, with ``max_side``, to at most that side. Image files
+    above ``max_pixels`` pixels count as unreadable. ``out_root`` is checked first (``check_out_root``); a local one
+    is built as ``{out_root}.partial`` and renamed into place when complete."""
     import degradations
 
     root = Path(directory)
+    check_out_root(out_root, kind)
     pairs, problems = find_pairs(kind, root, sigmas)
     if problems and not skip_unpaired:
         listing = "\n  ".join(problems)
@@ -180,7 +245,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
     by_task: dict[str, list[Sample]] = {}
     for pair in pairs:
         try:
-            gt, _ = read_rgb(pair.gt)
+            gt, _ = read_rgb(pair.gt, max_pixels=max_pixels)
             if pair.lq is None:
                 sigma = int(pair.task.split("_")[1])
                 sample_seed = derive_seed(seed, pair.task, pair.name)
@@ -188,7 +253,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
                 lq, applied = degradations.apply({"name": "gaussian_noise", "sigma": sigma}, gt,
                                                  np.random.default_rng(sample_seed))
             else:
-                lq, _ = read_rgb(pair.lq)
+                lq, _ = read_rgb(pair.lq, max_pixels=max_pixels)
                 if lq.shape != gt.shape:
                     raise SiplError(f"{pair.lq}: size {lq.shape[1]}x{lq.shape[0]} differs from {pair.gt} "
                                     f"{gt.shape[1]}x{gt.shape[0]}")
@@ -207,13 +272,23 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         raise SiplError(f"{root}: {len(problems)} unreadable or mismatched file(s) (nothing written):\n  {listing}")
     if not by_task:
         raise SiplError(f"{root}: no usable {kind} pairs found")
-    tasks = {}
-    for task, samples in sorted(by_task.items()):
-        entries = write_task_shards(out_root, "test", task, samples, encoding, maxcount)
-        tasks[task] = {"samples": len(samples), "family": task_family(task), "shards": entries}
-    manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
-                "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
-                "skipped": len(problems)}
-    write_json(join(out_root, SKIPPED), [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]} for p in problems])
-    write_json(join(out_root, MANIFEST), manifest)
+    from sipl.synthesize import _publish, _staging_root
+
+    staging = _staging_root(out_root)
+    try:
+        tasks = {}
+        for task, samples in sorted(by_task.items()):
+            entries = write_task_shards(staging, "test", task, samples, encoding, maxcount)
+            tasks[task] = {"samples": len(samples), "family": task_family(task), "shards": entries}
+        manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
+                    "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
+                    "skipped": len(problems)}
+        write_json(join(staging, SKIPPED),
+                   [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]} for p in problems])
+        write_json(join(staging, MANIFEST), manifest)
+        _publish(staging, out_root)  # local: swaps the complete folder in (an earlier import of this kind goes)
+    except BaseException:
+        if not is_remote(out_root):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     return manifest

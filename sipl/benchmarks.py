@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from sipl.config import DEFAULT_MAX_PIXELS
 from sipl.errors import SiplError
 from sipl.shards import MANIFEST, SKIPPED, Sample, iter_samples, join, read_bytes, sha256_bytes
 
@@ -48,6 +49,7 @@ class CheckedSet:
     kind: str
     path: Path
     files: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -57,11 +59,12 @@ def _image_files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def check_sets(configs: list[Any]) -> list[CheckedSet]:
+def check_sets(configs: list[Any], source: str = "params.yaml") -> list[CheckedSet]:
     """Check every set's folder before any work: it exists, holds images (clean) or a complete paired layout.
 
     Args:
         configs: ``params.benchmarks`` (``BenchmarkConfig`` items; names are already distinct).
+        source: the params file they came from, for the message.
 
     Raises:
         SiplError naming the set (``benchmarks[i] (name)``), the path and what to do; every bad set in one message.
@@ -74,7 +77,7 @@ def check_sets(configs: list[Any]) -> list[CheckedSet]:
         where = f"{label(index, config.name)}: {config.kind} folder {config.path}"
         path = Path(config.path).expanduser()
         if not path.exists():
-            errors.append(f"{where} does not exist; fix benchmarks[{index}].path in params.yaml (relative paths "
+            errors.append(f"{where} does not exist; fix benchmarks[{index}].path in {source} (relative paths "
                           "start at the project root) or remove the set")
             continue
         if not path.is_dir():
@@ -96,9 +99,9 @@ def check_sets(configs: list[Any]) -> list[CheckedSet]:
                               f"benchmarks[{index}].kind / .path")
                 continue
             count = len(pairs)
-        checked.append(CheckedSet(index, config.name, config.kind, path, count))
+        checked.append(CheckedSet(index, config.name, config.kind, path, count, config.max_pixels))
     if errors:
-        raise SiplError(f"params.yaml benchmarks: {len(errors)} set(s) cannot be used (nothing written):\n  "
+        raise SiplError(f"{source} benchmarks: {len(errors)} set(s) cannot be used (nothing written):\n  "
                         + "\n  ".join(errors))
     return checked
 
@@ -114,7 +117,7 @@ def _read_images(item: CheckedSet) -> tuple[list[tuple[str, str, np.ndarray]], l
     for path in _image_files(item.path):
         uri = f"{item.name}/{path.relative_to(item.path).as_posix()}"
         try:
-            image, _ = read_rgb(path)
+            image, _ = read_rgb(path, max_pixels=item.max_pixels)
         except SiplError as error:
             # without the object addresses some decoder messages carry, so the same folder gives the same file
             reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error).removeprefix(f"{path}: "))
@@ -174,7 +177,7 @@ def _paired_set(params: Any, item: CheckedSet, out_root: str) -> dict[str, Any]:
     try:
         return import_benchmark(item.kind, item.path, out_root, seed=derive_seed(params.seed, "benchmark", item.name),
                                 multiple=crop.multiple, max_side=crop.max_side, maxcount=params.shards.maxcount,
-                                encoding=params.shards.encoding)
+                                encoding=params.shards.encoding, max_pixels=item.max_pixels)
     except SiplError as error:
         raise SiplError(f"{label(item.index, item.name)} ({item.kind}): {error}") from None
 
@@ -190,7 +193,7 @@ def build_sets(params: Any, root: str = ROOT, say: Callable[[str], None] = print
     from sipl.shards import write_json
     from sipl.synthesize import _publish
 
-    checked = check_sets(params.benchmarks)
+    checked = check_sets(params.benchmarks, params.source)
     staging = Path(f"{str(root).rstrip('/')}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -114,7 +114,7 @@ def load_model(directory: str | os.PathLike = "models") -> tuple[torch.nn.Module
     meta = _read_json(directory / MODEL_JSON)
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise SiplError(f"{directory / MODEL_JSON}: missing the 'model' section (build_model arguments)")
-    model = build_model(**meta["model"])
+    model = _build_exported(meta["model"], directory / MODEL_JSON)
     try:
         state = load_file(str(weights))
     except Exception as error:  # safetensors raises its own error types for truncated files
@@ -129,8 +129,63 @@ def load_model(directory: str | os.PathLike = "models") -> tuple[torch.nn.Module
                         "different exports")
     selection = directory / SELECTION_JSON
     if selection.is_file():
-        meta["selected"] = _read_json(selection)
+        meta["selected"] = check_selection(_read_json(selection), selection)
     return model.eval(), meta
+
+
+def _build_exported(arguments: dict[str, Any], path: Path) -> torch.nn.Module:
+    """``build_model(**arguments)`` of a model.json; SiplError names the file and the key instead of a raw error."""
+    from sipl.models import BACKBONES, SIZES, build_model
+
+    fix = "the file was edited or comes from another version; re-export the model with `sipl train`"
+    for key, allowed in (("backbone", sorted(BACKBONES)), ("size", list(SIZES))):
+        if key in arguments and arguments[key] not in allowed:
+            raise SiplError(f"{path}: model.{key} is {arguments[key]!r}; allowed: {allowed}; {fix}")
+    try:
+        return build_model(**arguments)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise SiplError(f"{path}: the 'model' section cannot build a model ({error}); {fix}") from None
+
+
+_SCHEMES = ("official", "anchored")
+_ROUTINGS = ("global", "per_degradation")
+
+
+def _is_steps(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_selection(selection: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Check a ``selection.json`` document (``sipl select``'s output) before anything uses it.
+
+    Returns:
+        The document unchanged. Raises SiplError naming the file and the first bad key otherwise.
+    """
+    fix = "re-run `sipl select` (or `dvc repro select`), or delete the file to pass --steps N"
+
+    def bad(key: str, expected: str, value: Any) -> SiplError:
+        return SiplError(f"{path}: '{key}' must be {expected}, got {value!r}; {fix}")
+
+    if not isinstance(selection, dict):
+        raise SiplError(f"{path}: expected a JSON object, got {type(selection).__name__}; {fix}")
+    if "steps" in selection and not _is_steps(selection["steps"]):
+        raise bad("steps", "an integer >= 0", selection["steps"])
+    if "scheme" in selection and selection["scheme"] not in _SCHEMES:
+        raise bad("scheme", f"one of {list(_SCHEMES)}", selection["scheme"])
+    if "routing" in selection and selection["routing"] not in _ROUTINGS:
+        raise bad("routing", f"one of {list(_ROUTINGS)}", selection["routing"])
+    if "refine_steps" in selection and selection["refine_steps"] != "auto" and not _is_steps(selection["refine_steps"]):
+        raise bad("refine_steps", "'auto' or an integer >= 0", selection["refine_steps"])
+    for key in ("per_task", "per_family"):
+        mapping = selection.get(key)
+        if mapping is None:
+            continue
+        if not isinstance(mapping, dict):
+            raise bad(key, "an object of name -> step count", mapping)
+        for name, steps in mapping.items():
+            if not _is_steps(steps):
+                raise bad(f"{key}.{name}", "an integer >= 0", steps)
+    return selection
 
 
 # ----------------------------------------------------------------------------------------- training state

@@ -47,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
 
+    from sipl import stageguard
     from sipl.config import ConfigError
     from sipl.errors import SiplError
 
     try:
+        stageguard.start(args.command)
         return int(module.run(args) or 0)
     except (ConfigError, SiplError) as error:
         print(f"sipl {args.command}: error: {error}", file=sys.stderr)
@@ -58,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sipl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A file-system failure no check foresaw (disk full, a permission changed mid-run): one sentence, no
+        # traceback. Outputs are written under temporary names, so nothing half-written is left in place.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"sipl {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# Same value as sipl.imageio.DEFAULT_MAX_PIXELS (Pillow's default limit); not imported so that loading params stays
+# free of the image stack.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # The degradation head's class of undegraded input (identity training pairs); the other classes are the task names.
 CLEAN_CLASS = "clean"
 
@@ -44,6 +47,9 @@ class SourceConfig(_Strict):
     kind: Literal["embedded", "folder", "s3"] = "embedded"
     path: str | None = None
     name: str | None = Field(None, description="prefix of source ids; defaults to the kind")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description=(
+        "images with more pixels (width x height) are skipped and listed in skipped.json before they are decoded "
+        "(decompression bombs); default: Pillow's limit, about 89.5 million"))
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> "SourceConfig":
@@ -98,10 +104,15 @@ class TaskConfig(_Strict):
     @field_validator("steps")
     @classmethod
     def _steps_known(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import numpy as np
+
         import degradations
 
         try:
             degradations.validate(steps)
+            # Values (a negative sigma, a reversed range) are checked when drawn: one draw on a small grey image
+            # here makes a bad value fail when the params are loaded, naming the file, not in the middle of a stage.
+            degradations.apply(steps, np.full((64, 64, 3), 128, np.uint8), np.random.default_rng(0))
         except degradations.DegradationError as error:
             raise ValueError(str(error)) from None
         return steps
@@ -269,6 +280,8 @@ class BenchmarkConfig(_Strict):
     name: str = Field(min_length=1, max_length=64)
     kind: Literal[BENCHMARK_KINDS]
     path: str = Field(min_length=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description=(
+        "image files with more pixels are listed as unreadable (skipped.json for kind clean) before decoding"))
 
     @field_validator("name")
     @classmethod
@@ -293,6 +306,9 @@ def _tinted_haze(step: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------------- root
 
 class Params(_Strict):
+    # The file these params came from, for messages that name it (set by parse_params; not a params key).
+    _source: str = PrivateAttr(default=PARAMS_FILE)
+
     seed: int = 0
     profile: Literal["tiny", "small", "paper"] = "tiny"
     refine_steps: Literal["auto"] | int = "auto"
@@ -365,6 +381,11 @@ class Params(_Strict):
         return self
 
     @property
+    def source(self) -> str:
+        """The params file these values were read from (``params.yaml`` unless another was given)."""
+        return self._source
+
+    @property
     def model(self) -> ModelConfig:
         """Model arguments of the selected profile."""
         return self.profiles[self.profile].model
@@ -395,9 +416,11 @@ def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
+    params._source = source
+    return params
 
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:

@@ -175,7 +175,7 @@ def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], seed: list[in
     try:
         lq, _ = degradations.apply(steps, gt, np.random.default_rng(seed))
     except (KeyError, TypeError, ValueError) as error:
-        raise SiplError(f"params.yaml tasks.{task}: degrading training sample {key} failed: {error}") from None
+        raise SiplError(f"params tasks.{task}: degrading training sample {key} failed: {error}") from None
     return lq
 
 

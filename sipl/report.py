@@ -162,12 +162,24 @@ def build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
     """Write ``out_dir/index.html`` (+ its images) from the run's metrics and plots under ``root``.
 
     Requires ``root/metrics/eval.json``; every other input is optional and its section says so when missing.
+    A metrics file with missing or mistyped keys fails with SiplError naming the metrics files and the key.
     """
+    from sipl.errors import SiplError
+
+    try:
+        return _build_report(root, out_dir, params_text)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        what = f"key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise SiplError(f"{root / 'metrics'}: eval.json / eval_steps.json / benchmarks.json do not have the "
+                        f"expected content ({what}); re-run `sipl evaluate` and `sipl select`") from None
+
+
+def _build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
     from sipl.checkpoint import write_text_atomic
     from sipl.errors import SiplError
 
     eval_json = _load_json(root / "metrics" / "eval.json")
-    if eval_json is None or "tasks" not in eval_json:
+    if not isinstance(eval_json, dict) or "tasks" not in eval_json:
         raise SiplError(f"{root / 'metrics' / 'eval.json'}: missing or unreadable; run `sipl select` first")
     eval_steps = _load_json(root / "metrics" / "eval_steps.json")
     train_json = _load_json(root / "metrics" / "train.json")

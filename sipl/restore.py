@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sipl.errors import SiplError
-from sipl.imageio import IMAGE_SUFFIXES, read_rgb, write_png_atomic
+from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
 from sipl.tiling import tile_count, tile_spans
 
 AUTO_TILE = 512
@@ -177,9 +177,10 @@ def _duration(seconds: float) -> str:
 def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
              tile: int | None,
              tile_overlap: int = 16, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Restore every planned file, one at a time. ``steps``: a step count, or step counts per degradation class
-    (the model's head picks the class of each image, see ``steps_for``).
+    (the model's head picks the class of each image, see ``steps_for``). Files above ``max_pixels`` pixels are
+    skipped like unreadable ones, before they are decoded.
 
     Before each image one line says its size, tiles, step count and estimated time (from a short speed probe of
     the model on this machine); with ``progress`` a tqdm bar on stderr then counts its tiles, with an ETA.
@@ -199,7 +200,7 @@ def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int],
     for index, (src, dst) in enumerate(restore_plan.jobs, 1):
         start = time.perf_counter()
         try:
-            image, notes = read_rgb(src)
+            image, notes = read_rgb(src, max_pixels=max_pixels)
         except SiplError as error:
             failed.append({"input": str(src), "reason": str(error)})
             emit(f"skipped {src}: {error}")

@@ -58,6 +58,36 @@ def _register_gopen_s3() -> None:
 _register_gopen_s3()
 
 
+def bucket_of(url: str) -> str:
+    """The bucket name of an ``s3://bucket/prefix`` URL."""
+    return str(url)[len("s3://"):].split("/", 1)[0]
+
+
+def require_bucket(url: str, key: str) -> None:
+    """Fail unless the bucket of an ``s3://`` URL exists (local paths pass). Writers call it before any work, and
+    never create buckets: a typo in a bucket name must not create storage.
+
+    Args:
+        url: the location to be read or written. key: the params key or option that gave it, for the message.
+    Raises:
+        SiplError naming the key, the bucket and what to do.
+    """
+    if not is_remote(url):
+        return
+    import fsspec
+
+    bucket = bucket_of(url)
+    fs = fsspec.filesystem("s3")
+    try:
+        fs.ls(bucket, refresh=True)
+    except FileNotFoundError:
+        raise SiplError(f"{key}: bucket '{bucket}' of {url} does not exist. Create it first (sipl never creates "
+                        f"buckets) or fix the bucket name in {key}.") from None
+    except Exception as error:  # botocore / aiohttp errors vary; the type and message say what is wrong
+        raise SiplError(f"{key}: cannot reach bucket '{bucket}' of {url} ({type(error).__name__}: {error}). Check "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL.") from None
+
+
 def read_bytes(url: str) -> bytes:
     """Whole content of a local file or an s3:// object."""
     if is_remote(url):
@@ -73,7 +103,8 @@ def write_bytes(url: str, data: bytes) -> None:
     if is_remote(url):
         import fsspec
 
-        with fsspec.open(url, "wb") as stream:
+        # auto_mkdir would create a missing bucket (fsspec's default for writes); a missing bucket must fail.
+        with fsspec.open(url, "wb", auto_mkdir=False) as stream:
             stream.write(data)
         return
     from sipl.imageio import write_bytes_atomic
@@ -251,6 +282,10 @@ def iter_tar_members(url: str) -> Iterator[tuple[str, bytes]]:
         data = read_bytes(url)
     except FileNotFoundError:
         raise SiplError(f"{url}: shard missing; re-run `sipl synthesize`") from None
+    yield from _tar_members(url, data)
+
+
+def _tar_members(url: str, data: bytes) -> Iterator[tuple[str, bytes]]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
@@ -260,17 +295,64 @@ def iter_tar_members(url: str) -> Iterator[tuple[str, bytes]]:
         raise SiplError(f"{url}: corrupt shard ({error}); re-run `sipl synthesize`") from None
 
 
+def shard_entries(root: str, split: str, task: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest entries of one split/task with their URLs: ``[{"url", "name", "samples", "sha256"}]``."""
+    shard_urls(root, split, task, manifest=manifest)  # SiplError naming split/task when it has no shards
+    return [{**entry, "url": join(root, split, entry["name"])}
+            for entry in manifest["splits"][split][task]["shards"]]
+
+
+def verify_shards(entries: list[dict[str, Any]], fix: str = "re-run `sipl synthesize` or `dvc pull`") -> None:
+    """Check that every shard exists and has the manifest's sha256 (which also catches a tar cut at a member
+    boundary, still a valid tar). Reads each shard once; SiplError names the shard and ``fix``."""
+    for entry in entries:
+        _checked_bytes(entry, fix)
+
+
+def _checked_bytes(entry: dict[str, Any], fix: str) -> bytes:
+    url = entry["url"]
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise SiplError(f"shard {url} is listed in the manifest but missing; {fix}") from None
+    except OSError as error:
+        raise SiplError(f"shard {url} cannot be read ({error}); {fix}") from None
+    if entry.get("sha256") and sha256_bytes(data) != entry["sha256"]:
+        raise SiplError(f"shard {url} does not match the manifest (sha256 {sha256_bytes(data)[:12]}… != "
+                        f"{entry['sha256'][:12]}…): it is truncated, corrupt or from another run; {fix}")
+    return data
+
+
+def iter_checked_samples(entries: list[dict[str, Any]],
+                         fix: str = "re-run `sipl synthesize` or `dvc pull`") -> Iterator[Sample]:
+    """Like ``iter_samples`` over manifest entries (``shard_entries``), failing with SiplError when a shard's
+    sha256 or its number of samples differs from the manifest, so a reader never scores fewer images than listed."""
+    for entry in entries:
+        url = entry["url"]
+        count = 0
+        for sample in _samples_of(url, _tar_members(url, _checked_bytes(entry, fix))):
+            count += 1
+            yield sample
+        if "samples" in entry and count != entry["samples"]:
+            raise SiplError(f"shard {url} holds {count} sample(s) but the manifest lists {entry['samples']}; {fix}")
+
+
 def iter_samples(urls: Iterable[str]) -> Iterator[Sample]:
     """Decode every sample of the given shards, in order (no shuffling; for evaluation and inspection)."""
     for url in urls:
-        group: dict[str, Any] = {}
-        for name, data in iter_tar_members(url):
-            key, _, member = name.partition(".")
-            if group and group["__key__"] != key:
-                yield decode_sample(group)
-                group = {}
-            group.setdefault("__key__", key)
-            group["__url__"] = url
-            group[member] = data
-        if group:
+        yield from _samples_of(url, iter_tar_members(url))
+
+
+def _samples_of(url: str, members: Iterable[tuple[str, bytes]]) -> Iterator[Sample]:
+    """Group consecutive tar members sharing a key into samples."""
+    group: dict[str, Any] = {}
+    for name, data in members:
+        key, _, member = name.partition(".")
+        if group and group["__key__"] != key:
             yield decode_sample(group)
+            group = {}
+        group.setdefault("__key__", key)
+        group["__url__"] = url
+        group[member] = data
+    if group:
+        yield decode_sample(group)

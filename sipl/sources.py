@@ -75,7 +75,7 @@ def _load_embedded(config: SourceConfig) -> tuple[list[SourceImage], list[Skippe
     images, skipped = [], []
     for source_id, group, path in _embedded_files():
         try:
-            image, notes = decode_rgb(path.read_bytes(), str(path))
+            image, notes = decode_rgb(path.read_bytes(), str(path), max_pixels=config.max_pixels)
         except (OSError, SiplError) as error:
             skipped.append(Skipped(str(path), str(error)))
             continue
@@ -91,7 +91,7 @@ def _load_listing(config: SourceConfig, listing: list[str], read: Callable[[str]
     images, skipped = [], []
     for uri in sorted(listing):
         try:
-            image, notes = decode_rgb(read(uri), uri)
+            image, notes = decode_rgb(read(uri), uri, max_pixels=config.max_pixels)
         except (OSError, SiplError) as error:
             skipped.append(Skipped(uri, str(error).removeprefix(f"{uri}: ")))
             continue
@@ -105,7 +105,8 @@ def _load_listing(config: SourceConfig, listing: list[str], read: Callable[[str]
 def _load_folder(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]]:
     root = Path(config.path).expanduser()
     if not root.is_dir():
-        raise SiplError(f"sources: folder {root} does not exist or is not a directory; fix the path in params.yaml")
+        raise SiplError(f"sources: folder {root} does not exist or is not a directory; fix the source's path in the "
+                        "params file")
     listing = [str(p) for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return _load_listing(config, listing, lambda uri: Path(uri).read_bytes(),
                          lambda uri: str(Path(uri).relative_to(root)))
@@ -114,7 +115,10 @@ def _load_folder(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]
 def _load_s3(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]]:
     import fsspec
 
+    from sipl.shards import require_bucket
+
     prefix = config.path.rstrip("/")
+    require_bucket(prefix, "sources")
     fs = fsspec.filesystem("s3")
     try:
         listing = ["s3://" + key for key in fs.find(prefix[len("s3://"):]) if not key.endswith("/")]

@@ -79,7 +79,7 @@ def _samples_for(job: Job) -> list[Sample]:
             try:
                 lq, applied = degradations.apply(task.steps, gt, np.random.default_rng(seed))
             except (KeyError, TypeError, ValueError) as error:
-                raise SiplError(f"params.yaml tasks.{job.task}: {error}") from None
+                raise SiplError(f"{params.source} tasks.{job.task}: {error}") from None
             meta = {
                 "task": job.task, "family": task.family, "split": job.split, "source_id": source.source_id,
                 "source": source.uri, "crop_box": [top, left, h, w], "seed": seed, "applied": applied,
@@ -94,6 +94,21 @@ def _run_job(job: Job) -> tuple[Job, list[dict[str, Any]], int]:
     entries = write_task_shards(_STATE["out_root"], job.split, job.task, samples, params.shards.encoding,
                                 params.shards.maxcount)
     return job, entries, len(samples)
+
+
+def check_shards_root(root: str, source: str = "params.yaml") -> None:
+    """Before any work: an S3 root's bucket exists (never created); a local root is a folder, or can be one."""
+    from sipl.outputs import writable_dir
+    from sipl.shards import require_bucket
+
+    key = f"{source} shards.root"
+    if is_remote(root):
+        require_bucket(root, key)
+        return
+    target = Path(root)
+    if target.exists() and not target.is_dir():
+        raise SiplError(f"{key}: {root} is an existing file; point shards.root at a folder")
+    writable_dir(target.resolve().parent, key)  # the shards are built beside it, then renamed into place
 
 
 def _staging_root(root: str) -> str:
@@ -121,6 +136,7 @@ def _publish(staging: str, root: str) -> None:
 def synthesize(params: Params, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the stage; returns the manifest written to ``{shards.root}/manifest.json``."""
     started = time.perf_counter()
+    check_shards_root(params.shards.root, params.source)
     images, skipped = load_sources(params.sources)
     for image in images:
         for note in image.notes:

@@ -549,7 +549,13 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     from sipl.schedule import batch_plan
     from sipl.shards import is_remote, read_manifest
 
+    from sipl.models.registry import check_arguments
+
     cfg = params.train
+    try:  # before Ray starts: an unknown override would otherwise fail inside every worker
+        check_arguments(params.model.backbone, params.model.size, params.model.overrides)
+    except ValueError as error:
+        raise SiplError(f"{params.source} profiles.{params.profile}.model.overrides: {error}") from None
     workers = num_workers or params.ray.num_workers
     plan = batch_plan(cfg.global_batch, workers, cfg.max_worker_batch, params.profile)
     if cfg.preliminary_share is not None and cfg.loss.preliminary > 0 and plan.micro_batch < 2:
@@ -606,14 +612,18 @@ def ensure_ray(params, project_dir: str | os.PathLike = ".") -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    from sipl.raylogs import quiet_driver_logs
+
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        quiet_driver_logs()
         return True
     need = math.ceil(params.ray.num_workers * params.ray.cpus_per_worker)
     temp_dir = ray_temp_dir(project_dir)
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False, _temp_dir=temp_dir,
              log_to_driver=True)
+    quiet_driver_logs()
     return True
 
 

@@ -130,6 +130,8 @@ def _sha(path: Path) -> str:
 def test_repro_end_to_end_then_nothing_to_do(pipeline_repo, tmp_path):
     repo, env = pipeline_repo["repo"], pipeline_repo["env"]
     assert _stages_run(pipeline_repo["log"]) == STAGES
+    # Ray Train's cleaner actor polls a state API the local instance lacks; its warning is held back (issue 18)
+    assert "actor state. State API may be temporarily unavailable" not in pipeline_repo["log"]
     for path in ["data/shards/manifest.json", "data/benchmarks/index.json", "models/model.safetensors",
                  "models/model.json", "models/selection.json", "metrics/train.json", "metrics/eval_steps.json",
                  "metrics/eval.json", "metrics/benchmarks.json", "plots/train.csv", "plots/psnr_vs_steps.csv",

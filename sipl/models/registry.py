@@ -28,21 +28,31 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_model(backbone: str = "nafnet", size: str = "tiny", sipl: bool = True, **overrides: Any) -> SIPLModel:
-    """Build a restoration model. ``overrides`` are backbone constructor arguments (e.g. ``width``, ``dim``,
-    ``num_blocks``) or SIPL arguments (``dict_sizes``, ``absorb_heads``, ``read_heads``, ``fusion_ffn``,
-    ``dict_init``). ``model.config`` holds these arguments, so ``build_model(**model.config)`` rebuilds it."""
+def check_arguments(backbone: str, size: str, overrides: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """Check backbone, size and override names without building anything.
+
+    Returns:
+        (backbone constructor argument names, SIPL argument names). Raises ValueError naming what is unknown."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; available: {sorted(BACKBONES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; available: {list(SIZES)}")
-    constructor, presets, sipl_presets = BACKBONES[backbone]
+    constructor, _, sipl_presets = BACKBONES[backbone]
     backbone_keys = set(inspect.signature(constructor).parameters)
     sipl_keys = set(sipl_presets[size]) | HEAD_KEYS
     unknown = sorted(set(overrides) - backbone_keys - sipl_keys)
     if unknown:
         raise ValueError(f"unknown model override(s) {unknown} for backbone {backbone!r}; allowed: "
                          f"{sorted(backbone_keys)} (backbone) and {sorted(sipl_keys)} (SIPL)")
+    return backbone_keys, sipl_keys
+
+
+def build_model(backbone: str = "nafnet", size: str = "tiny", sipl: bool = True, **overrides: Any) -> SIPLModel:
+    """Build a restoration model. ``overrides`` are backbone constructor arguments (e.g. ``width``, ``dim``,
+    ``num_blocks``) or SIPL arguments (``dict_sizes``, ``absorb_heads``, ``read_heads``, ``fusion_ffn``,
+    ``dict_init``). ``model.config`` holds these arguments, so ``build_model(**model.config)`` rebuilds it."""
+    backbone_keys, sipl_keys = check_arguments(backbone, size, overrides)
+    constructor, presets, sipl_presets = BACKBONES[backbone]
     backbone_args = {**presets[size], **{k: v for k, v in overrides.items() if k in backbone_keys}}
     sipl_args = {**sipl_presets[size], **{k: v for k, v in overrides.items() if k in sipl_keys}}
     config = {"backbone": backbone, "size": size, "sipl": bool(sipl), **_plain(overrides)}
