@@ -58,10 +58,14 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
                                   weight_decay=recipe.weight_decay)
     step_module = step_module_for(model, recipe)
     generator = torch.Generator().manual_seed(0)
+    # Task names and keys as the loader gives them (the degradation head's labels come from them).
+    tasks = list(model_args.get("degradation_classes", [])[1:]) or ["task"]
     batches = [{"lq": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator),
-                "gt": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator)}
-               for _ in range(global_batch // micro_batch)]
-    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+                "gt": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator),
+                "tasks": [tasks[(b * micro_batch + i) % len(tasks)] for i in range(micro_batch)],
+                "keys": [f"sample{b * micro_batch + i}" for i in range(micro_batch)]}
+               for b in range(global_batch // micro_batch)]
+    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()} for batch in batches]
     use_bf16 = bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else None
     if device.type == "cuda":
@@ -148,6 +152,34 @@ def inference_times(model_args: dict, side: int, max_steps: int, repeats: int, d
     return out
 
 
+def restore_speed(model_args: dict, height: int, width: int, device: torch.device, engine: str = "auto") -> dict:
+    """Seconds per megapixel of ``sipl.restore.restore_array`` (the `sipl restore` path: default tiles, the
+    ``--device`` engine of ``sipl.models.runtime``) on one synthetic height×width photo: step 0 and the chains
+    0..3 of both schemes (untrained weights: speed does not depend on them)."""
+    import numpy as np
+
+    from sipl.models import build_model
+    from sipl.models.runtime import for_inference
+    from sipl.restore import choose_tile, restore_array
+
+    torch.manual_seed(0)
+    runner = for_inference(build_model(**model_args), engine, device.type)
+    image = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    restore_array(runner, image[:256, :256], 0, "anchored", None)  # warm-up
+    figures = {"size": [height, width]}
+    for steps, scheme in ((0, "anchored"), (3, "anchored"), (3, "official")):
+        _sync(device)
+        start = time.perf_counter()
+        restore_array(runner, image, steps, scheme, choose_tile(height, width, None))
+        _sync(device)
+        seconds = time.perf_counter() - start
+        figures[f"{scheme} 0..{steps}" if steps else "step 0"] = {
+            "seconds": round(seconds, 3), "s_per_mp": round(seconds / (height * width / 1e6), 4)}
+    if device.type == "cuda":
+        figures["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 1024**3, 3)
+    return figures
+
+
 def _write(result: dict, path: Path | None) -> None:
     if path is None:
         return
@@ -224,6 +256,15 @@ def main() -> int:
     result["inference"] = inference_times(model_cfg.build_arguments(tasks=list(params.tasks)), side, args.max_steps, repeats, device,
                                           recipe.bf16)
     _write(result, args.out)
+    # `sipl restore --device cuda` on a 12 MP photo (a 96×128 toy in --smoke), for every profile's model.
+    restore_size = (96, 128) if args.smoke else (3000, 4000)
+    result["restore"] = {}
+    for name in (["tiny"] if args.smoke else ["tiny", "small", "paper"]):
+        result["restore"][name] = restore_speed(params.profiles[name].model.build_arguments(tasks=list(params.tasks)),
+                                                *restore_size, device,
+                                                "eager" if args.smoke else "auto")
+        _write(result, args.out)
+        print(f"[{time.strftime('%H:%M:%S')}] restore {name} done: {result['restore'][name]}", flush=True)
     _print_table(result)
     print(json.dumps(result, indent=2))
     return 0

@@ -95,6 +95,10 @@ def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.T
     if not classes:
         return None
     index = {name: i for i, name in enumerate(classes)}
+    missing = [field for field in ("keys", "tasks") if field not in batch]
+    if missing:
+        raise SiplError(f"a batch for a model with a degradation head needs {missing} (the loader's sample keys "
+                        "and task names)")
     try:
         return torch.tensor([index[CLEAN_CLASS if key.endswith("#clean") else task]
                              for key, task in zip(batch["keys"], batch["tasks"])], dtype=torch.long)
