@@ -92,7 +92,7 @@ class TaskConfig(_Strict):
     degradation draws from with the sample's generator.
     """
 
-    family: Literal["noise", "rain", "haze", "blur", "lowlight", "snow", "composite"]
+    family: Literal["noise", "rain", "haze", "blur", "lowlight", "snow", "jpeg", "composite"]
     steps: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("steps")
@@ -359,6 +359,12 @@ class Params(_Strict):
                             f"profiles.{self.profile}.train.channel_shuffle is {train.channel_shuffle} but "
                             f"tasks.{name}.steps[{index}] (haze) has tint {step['tint']!r}: a tinted airlight is "
                             "not the same in every channel order; set that tint to 0 or channel_shuffle to 0")
+                    if step["name"] == "jpeg":
+                        raise ValueError(
+                            f"profiles.{self.profile}.train.channel_shuffle is {train.channel_shuffle} but "
+                            f"tasks.{name}.steps[{index}] is jpeg: JPEG codes luma and chroma from fixed channel "
+                            "weights, so its artefacts are not the same in every channel order; set channel_shuffle "
+                            "to 0 or leave the jpeg task out")
         return self
 
     @property
