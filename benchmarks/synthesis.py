@@ -4,7 +4,9 @@ Prints, measured in one run:
 1. samples/s of every registered degradation (and the CDD-11 triple composites) on 256×256 uint8 images;
 2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
    PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
-   as a ratio. Goal: shards >= 2x the folder baseline;
+   as a ratio. Goal: shards >= 2x the folder baseline. The shards are read twice: with a hand-written NumPy crop
+   and with the training loader's albumentations pair pipeline (``sipl.augment.PairAugment``: crop + one of the 8
+   flips/rotations, seeded per sample), as a ratio;
 3. the training stream (``sipl.data.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
    shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
@@ -80,6 +82,20 @@ class _ShardCrops:
         return _random_crop(sample.lq, sample.gt, self.rng)
 
 
+class _PipelineCrops:
+    """The training loader's paired augmentation (albumentations), seeded by a running sample count."""
+
+    def __init__(self):
+        from sipl.augment import PairAugment
+
+        self.augment, self.count = PairAugment(CROP), 0
+
+    def __call__(self, sample: Sample):
+        self.count += 1
+        lq, gt, _ = self.augment(sample.lq, sample.gt, sample.task, self.count, sample.key)
+        return torch.from_numpy(lq).permute(2, 0, 1), torch.from_numpy(gt).permute(2, 0, 1)
+
+
 class FolderDataset(torch.utils.data.Dataset):
     """The PromptIR-style baseline: PNG decode with PIL, noise added on the fly (field recipe), random crop."""
 
@@ -106,7 +122,8 @@ def _throughput(loader, epochs: int) -> float:
     return best
 
 
-def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tuple[float, float]:
+def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tuple[float, float, float]:
+    """samples/s of (shards + NumPy crop, shards + albumentations pair pipeline, folder of PNGs)."""
     import webdataset as wds
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +139,15 @@ def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tu
         # enough shards for 2 workers to split them evenly
         entries = write_task_shards(tmp, "train", "denoise_25", samples, "npy", maxcount=max(1, len(samples) // 8))
         urls = [str(Path(tmp, "train", entry["name"])) for entry in entries]
-        shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
-                     .map(decode_sample).map(_ShardCrops()))
-        shard_loader = torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers)
+        rates = []
+        for crops in (_ShardCrops(), _PipelineCrops()):
+            shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None,
+                                        workersplitter=wds.split_by_worker).map(decode_sample).map(crops))
+            shard_loader = torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers)
+            rates.append(_throughput(shard_loader, epochs))
         folder_loader = torch.utils.data.DataLoader(FolderDataset(sorted(folder.glob("*.png"))), batch_size=32,
                                                     num_workers=workers, shuffle=True)
-        return _throughput(shard_loader, epochs), _throughput(folder_loader, epochs)
+        return rates[0], rates[1], _throughput(folder_loader, epochs)
 
 
 def bench_stream(images: list[np.ndarray], count: int = 1500, patch: int = 96) -> tuple[float, float]:
@@ -175,12 +195,14 @@ def main() -> None:
     print(f"  {'degradation':<24}{'samples/s':>12}{'ms/sample':>12}")
     for name, rate in bench_degradations(images[:32], args.seconds):
         print(f"  {name:<24}{rate:>12.1f}{1000 / rate:>12.2f}")
-    shards, folder = bench_loading(images, args.epochs)
+    shards, pipeline, folder = bench_loading(images, args.epochs)
     print(f"\ntraining read, {args.pairs} pairs of 256x256, random {CROP} crops, batch 32, 2 DataLoader workers "
           f"(best of {args.epochs} epochs)")
-    print(f"  webdataset npy shards      {shards:>10.0f} samples/s")
+    print(f"  webdataset npy shards      {shards:>10.0f} samples/s   (NumPy crop)")
+    print(f"  the same + albumentations  {pipeline:>10.0f} samples/s   (the loader's pair pipeline: crop + flip/rot)")
     print(f"  folder of PNGs + noise     {folder:>10.0f} samples/s")
     print(f"  ratio shards / folder      {shards / folder:>10.2f}x   (goal >= 2x)")
+    print(f"  ratio albumentations/NumPy {pipeline / shards:>10.2f}x")
     stored, fresh = bench_stream(images)
     print("\ntraining stream (TrainStream, 1 process, patch 96, every task of params.yaml)")
     print(f"  stored lq                  {stored:>10.0f} samples/s")

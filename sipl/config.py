@@ -202,7 +202,7 @@ class TrainConfig(_Strict):
         "more samples than the restorer and costs little per sample"))
     fresh_degradations: bool = Field(True, description=(
         "degrade each training crop afresh at every read with its task's steps (a new draw per read, seeded by "
-        "seed, rank, loader worker, start step and position in the stream); false = train on the shards' fixed lq"))
+        "seed, start step, task, sample key and epoch); false = train on the shards' fixed lq"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)
