@@ -7,7 +7,7 @@ Prints, measured in one run:
    as a ratio. Goal: shards >= 2x the folder baseline. The same shards are also read with a paired crop + one of the
    8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.augment``) and once
    through the training loader's albumentations pair pipeline (``sipl.augment.PairAugment``, seeded per sample), as
-   a ratio;
+   a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
 3. the training stream (``sipl.data.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
    shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
@@ -132,12 +132,19 @@ class FolderDataset(torch.utils.data.Dataset):
 
 
 def _throughput(loader, epochs: int) -> float:
-    best = 0.0
+    return _alternating([loader], epochs)[0]
+
+
+def _alternating(loaders: list, epochs: int) -> list[float]:
+    """Best samples/s of each loader over ``epochs`` epochs, the loaders taking turns epoch by epoch (so a change in
+    the machine's load does not favour the one measured first)."""
+    best = [0.0] * len(loaders)
     for _ in range(epochs):
-        count, started = 0, time.perf_counter()
-        for lq, _ in loader:
-            count += lq.shape[0]
-        best = max(best, count / (time.perf_counter() - started))
+        for index, loader in enumerate(loaders):
+            count, started = 0, time.perf_counter()
+            for lq, _ in loader:
+                count += lq.shape[0]
+            best[index] = max(best[index], count / (time.perf_counter() - started))
     return best
 
 
@@ -159,15 +166,32 @@ def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tu
         # enough shards for 2 workers to split them evenly
         entries = write_task_shards(tmp, "train", "denoise_25", samples, "npy", maxcount=max(1, len(samples) // 8))
         urls = [str(Path(tmp, "train", entry["name"])) for entry in entries]
-        rates = []
+        loaders = []
         for crops in (_ShardCrops(), _HandwrittenPairCrops(), _PipelineCrops()):
             shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None,
                                         workersplitter=wds.split_by_worker).map(decode_sample).map(crops))
-            shard_loader = torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers)
-            rates.append(_throughput(shard_loader, epochs))
+            loaders.append(torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers))
+        rates = [_throughput(loaders[0], epochs), *_alternating(loaders[1:], epochs)]
         folder_loader = torch.utils.data.DataLoader(FolderDataset(sorted(folder.glob("*.png"))), batch_size=32,
                                                     num_workers=workers, shuffle=True)
         return rates[0], rates[1], rates[2], _throughput(folder_loader, epochs)
+
+
+def bench_pair_crops(images: list[np.ndarray], rounds: int = 5) -> tuple[float, float]:
+    """CPU µs per sample (one process, ``time.process_time``, so other users of the machine count less) of the
+    paired crop + flip/rotation: (hand-written NumPy, albumentations pipeline), the two taking turns each round;
+    the best round of each."""
+    samples = [Sample(sample_key("denoise_25", f"img-{i}", 0), "denoise_25", image, image, {}) for i, image in
+               enumerate(images)]
+    variants = [_HandwrittenPairCrops(), _PipelineCrops()]
+    best = [float("inf")] * len(variants)
+    for _ in range(rounds):
+        for index, crops in enumerate(variants):
+            started = time.process_time()
+            for sample in samples:
+                crops(sample)
+            best[index] = min(best[index], (time.process_time() - started) / len(samples) * 1e6)
+    return best[0], best[1]
 
 
 def bench_stream(images: list[np.ndarray], count: int = 1500, patch: int = 96) -> tuple[float, float]:
@@ -221,8 +245,11 @@ def main() -> None:
     print(f"  webdataset npy shards      {shards:>10.0f} samples/s   (NumPy crop)")
     print(f"  folder of PNGs + noise     {folder:>10.0f} samples/s")
     print(f"  ratio shards / folder      {shards / folder:>10.2f}x   (goal >= 2x)")
-    print(f"  shards + paired crop and flip/rotation: hand-written {handwritten:.0f}, albumentations pipeline "
-          f"{pipeline:.0f} samples/s, ratio {pipeline / handwritten:.2f}x")
+    print(f"  shards + paired crop and flip/rotation (alternating epochs): hand-written {handwritten:.0f}, "
+          f"albumentations pipeline {pipeline:.0f} samples/s, ratio {pipeline / handwritten:.2f}x")
+    handwritten_us, pipeline_us = bench_pair_crops(images)
+    print(f"  paired crop and flip/rotation alone, CPU per sample (1 process): hand-written {handwritten_us:.0f} us, "
+          f"albumentations pipeline {pipeline_us:.0f} us")
     stored, fresh = bench_stream(images)
     print("\ntraining stream (TrainStream, 1 process, patch 96, every task of params.yaml)")
     print(f"  stored lq                  {stored:>10.0f} samples/s")

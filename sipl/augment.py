@@ -161,8 +161,9 @@ class PairAugment:
         if self.channel_shuffle > 0:
             stages.append(("channels", [A.ChannelShuffle(p=self.channel_shuffle)]))
         transforms = [t for _, members in stages for t in members]
-        # seed=0 only fixes the Compose's own draws; every call re-seeds each stage from the sample's seed
-        return A.Compose(transforms, additional_targets={"gt": "image"}, seed=0), stages
+        # seed=0 only fixes the Compose's own draws; every call re-seeds each stage from the sample's seed.
+        # Shapes are checked in __call__, with the sample's key in the message.
+        return A.Compose(transforms, additional_targets={"gt": "image"}, seed=0, is_check_shapes=False), stages
 
     def __call__(self, image: np.ndarray, gt: np.ndarray, task: str | None, seed: int,
                  key: str = "?") -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -183,6 +184,10 @@ class PairAugment:
         Raises:
             SiplError naming the sample when it is smaller than the patch, or the task when degrading fails.
         """
+        fresh = self.task_steps is not None
+        if gt.ndim != 3 or gt.shape[2] != 3 or (not fresh and image.shape != gt.shape):
+            raise SiplError(f"sample {key}: input {getattr(image, 'shape', None)} and ground truth {gt.shape} must be "
+                            "RGB images of one shape (H×W×3); re-run `sipl synthesize`")
         height, width = gt.shape[:2]
         if height < self.patch or width < self.patch:
             raise SiplError(f"sample {key} is {height}x{width}, smaller than train.patch={self.patch}; lower the "
@@ -195,8 +200,9 @@ class PairAugment:
             generator, py_random = np.random.default_rng(stage_seed), random.Random(stage_seed)
             for transform in members:
                 transform.set_random_state(generator, py_random)
-        out = pipeline(image=gt if self.task_steps is not None else image, gt=gt, key=key)
-        applied = tuple(name for name, members in stages if any(_was_applied(t) for t in members))
+        out = pipeline(image=gt if fresh else image, gt=gt, key=key)
+        applied = tuple(name for name, members in stages
+                        if any(t.p >= 1.0 or _was_applied(t) for t in members))
         return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["gt"]), applied
 
 

@@ -191,6 +191,8 @@ def test_pair_augment_gives_lq_and_gt_the_same_geometry_and_the_same_pixels_for_
     assert np.array_equal(other[1], augment(gt + 7, gt, "denoise", 1)[1])
     with pytest.raises(SiplError, match="sample k1 is 40x48, smaller than train.patch=64"):
         PairAugment(64)(gt, gt, "denoise", 0, key="k1")
+    with pytest.raises(SiplError, match=r"sample k2: input \(40, 40, 3\) and ground truth \(40, 48, 3\)"):
+        augment(gt[:, :40], gt, "denoise", 0, key="k2")
 
 
 def test_pair_augment_degrades_the_augmented_crop_afresh_and_leaves_global_rng_alone():
