@@ -111,7 +111,7 @@ class _PipelineCrops:
 
     def __call__(self, sample: Sample):
         self.count += 1
-        lq, gt, _ = self.augment(sample.lq, sample.gt, sample.task, self.count, sample.key)
+        lq, gt, _, _ = self.augment(sample.lq, sample.gt, sample.task, self.count, sample.key)
         return torch.from_numpy(lq).permute(2, 0, 1), torch.from_numpy(gt).permute(2, 0, 1)
 
 

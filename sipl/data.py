@@ -198,8 +198,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     crop is degraded afresh at each read; ``synthetic_share`` of the clean crops are dead-leaves images (key suffixed
     ``#leaves``) and ``photometric`` of them get a random exposure, saturation and gamma. With ``head_samples`` > 0
     (needs ``task_steps``) each item also carries ``head_lq`` / ``head_gt`` (head_samples×patch×patch×3 uint8: random
-    crops of the same clean image, each with its own content and tone draws, degraded by a uniformly drawn task or
-    left clean) and ``head_labels`` (their class: the task name, or ``"clean"``)."""
+    crops of the same clean image (the dead-leaves canvas where the sample drew one), each with its own tone draw,
+    degraded by a uniformly drawn task or left clean) and ``head_labels`` (their class: the task name, or ``"clean"``)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -263,8 +263,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         mixer = np.random.default_rng([cfg.seed, _MIX_STREAM, cfg.rank, worker, cfg.start_step])
         fresh = cfg.task_steps is not None
         augment = PairAugment(cfg.patch, cfg.task_steps, cfg.photometric, cfg.synthetic_share, cfg.channel_shuffle)
-        heads = (PairAugment(cfg.patch, cfg.task_steps, cfg.photometric, cfg.synthetic_share)
-                 if cfg.head_samples > 0 and fresh else None)
+        # head crops are cut from the sample's clean image after its content draw (pair.source)
+        heads = PairAugment(cfg.patch, cfg.task_steps, cfg.photometric) if cfg.head_samples > 0 and fresh else None
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
             epoch, sample = next(streams[task])
@@ -272,19 +272,21 @@ class TrainStream(torch.utils.data.IterableDataset):
             # whatever the number of ranks and loader workers.
             seed = derive_seed(cfg.seed, cfg.start_step, task, sample.key, epoch)
             identity = cfg.identity_share > 0 and _uniform(seed, "identity") < cfg.identity_share
-            lq, gt, applied = augment(sample.lq, sample.gt, None if identity else task, seed, sample.key)
-            key = f"{sample.key}#leaves" if "content" in applied else sample.key
+            pair = augment(sample.lq, sample.gt, None if identity else task, seed, sample.key)
+            lq, gt = pair.lq, pair.gt
+            key = f"{sample.key}#leaves" if "content" in pair.stages else sample.key
             if identity:
                 lq, key = gt, f"{key}#clean"
             skipped, self._skipped = self._skipped, 0
             item = {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
             if heads is not None:
-                item.update(self._head_crops(heads, sample.gt, tasks, seed))
+                item.update(self._head_crops(heads, pair.source, tasks, seed))
             yield item
 
     def _head_crops(self, heads: Any, clean: np.ndarray, tasks: list[str], seed: int) -> dict[str, Any]:
-        """``head_samples`` crops of ``clean``, each through the pipeline ``heads`` with its own seed (derived from
-        the sample's) and degraded by a uniformly drawn task or left clean."""
+        """``head_samples`` crops of ``clean`` (the sample's clean image after its content draw), each through the
+        pipeline ``heads`` (crop, orientation, tone, degradation) with its own seed derived from the sample's, and
+        degraded by a uniformly drawn task or left clean."""
         from sipl.config import CLEAN_CLASS
 
         lqs, gts, labels = [], [], []
@@ -292,7 +294,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             head_seed = derive_seed(seed, "head", index)
             choice = int(_uniform(head_seed, "label") * (len(tasks) + 1))
             label = CLEAN_CLASS if choice == len(tasks) else tasks[choice]
-            lq, gt, _ = heads(clean, clean, None if label == CLEAN_CLASS else label, head_seed)
+            lq, gt, _, _ = heads(clean, clean, None if label == CLEAN_CLASS else label, head_seed)
             lqs.append(lq)
             gts.append(gt)
             labels.append(label)

@@ -174,7 +174,8 @@ def test_pair_augment_gives_lq_and_gt_the_same_geometry_and_the_same_pixels_for_
     augment = PairAugment(16, channel_shuffle=0.5)
     orientations, orders = set(), set()
     for seed in range(64):
-        lq_patch, gt_patch, applied = augment(gt + 7, gt, "denoise", seed)
+        lq_patch, gt_patch, applied, source = augment(gt + 7, gt, "denoise", seed)
+        assert source is gt
         assert lq_patch.shape == gt_patch.shape == (16, 16, 3) and lq_patch.flags.c_contiguous
         np.testing.assert_array_equal(lq_patch, gt_patch + 7)  # one crop, orientation and channel order for both
         again = augment(gt + 7, gt, "denoise", seed)
@@ -204,14 +205,17 @@ def test_pair_augment_degrades_the_augmented_crop_afresh_and_leaves_global_rng_a
     np_state, py_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
     noise, stages = [], set()
     for seed in range(30):
-        lq, out_gt, applied = augment(None, gt, "denoise", seed)
+        lq, out_gt, applied, source = augment(None, gt, "denoise", seed)
+        # the content stage replaces the whole clean image, and the call hands it back for further crops
+        assert (source is gt) == ("content" not in applied) and source.shape == gt.shape
         again = augment(None, gt, "denoise", seed)
         assert np.array_equal(again[0], lq) and np.array_equal(again[1], out_gt)
         assert "degradation" in applied
         stages.update(applied)
         noise.append(lq.astype(float) - out_gt)
-        clean_lq, clean_gt, clean_applied = augment(None, gt, None, seed)  # no task: the identity pair
+        clean_lq, clean_gt, clean_applied, clean_source = augment(None, gt, None, seed)  # no task: identity pair
         assert np.array_equal(clean_lq, clean_gt) and np.array_equal(clean_gt, out_gt)
+        assert np.array_equal(clean_source, source)
         assert clean_applied == tuple(stage for stage in applied if stage != "degradation")
     assert {"content", "tone"} <= stages
     assert 20 < np.concatenate([n.ravel() for n in noise]).std() < 30
