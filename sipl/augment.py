@@ -62,36 +62,29 @@ def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], rng: np.rando
 
 
 def dead_leaves(like: np.ndarray, rng: np.random.Generator, max_disks: int = 300) -> np.ndarray:
-    """A dead-leaves image of the shape of ``like`` (uint8 H×W×3): occluding disks with a power-law radius
-    distribution (density ∝ r⁻³, from 2 px to a third of the side), the scale-invariant occlusion model of natural
-    images, each coloured with a random pixel of ``like`` (so the colours are a photo's), laid front to back (a disk
-    shows only where no earlier one lies) until the canvas is covered or ``max_disks`` are laid (the rest takes the
-    last colour), then softened by a blur of random width (0-1.2 px), as natural edges are."""
+    """A dead-leaves image of the shape of ``like`` (uint8 H×W×3): ``max_disks`` occluding disks with a power-law
+    radius distribution (density ∝ r⁻³, from 2 px to a third of the side), the scale-invariant occlusion model of
+    natural images, each coloured with a random pixel of ``like`` (so the colours are a photo's); disk k lies in front
+    of every later one, a pixel no disk covers takes the last disk's colour; then softened by a blur of random width
+    (0-1.2 px), as natural edges are."""
     import cv2
 
     height, width = like.shape[:2]
     colours = like.reshape(-1, 3)
-    canvas = np.zeros((height, width, 3), np.uint8)
-    covered = np.zeros((height, width), bool)
     r_min, r_max = 2.0, max(3.0, min(height, width) / 3)
-    for _ in range(max_disks):
-        # inverse-CDF draw of p(r) ∝ r^-3 on [r_min, r_max]
-        u = rng.random()
-        radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
-        cy, cx = rng.uniform(-radius, height + radius), rng.uniform(-radius, width + radius)
-        top, bottom = max(0, int(cy - radius)), min(height, int(cy + radius) + 1)
-        left, right = max(0, int(cx - radius)), min(width, int(cx + radius) + 1)
-        if top >= bottom or left >= right:
-            continue
-        yy, xx = np.ogrid[top:bottom, left:right]
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        free = disk & ~covered[top:bottom, left:right]
-        colour = colours[int(rng.integers(0, len(colours)))]
-        canvas[top:bottom, left:right][free] = colour
-        covered[top:bottom, left:right] |= disk
-        if covered.all():
-            break
-    canvas[~covered] = colour
+    # inverse-CDF draw of p(r) ∝ r^-3 on [r_min, r_max]
+    radii = (r_min ** -2 - rng.random(max_disks) * (r_min ** -2 - r_max ** -2)) ** -0.5
+    centres_y = rng.uniform(-radii, height + radii)
+    centres_x = rng.uniform(-radii, width + radii)
+    picks = colours[rng.integers(0, len(colours), max_disks)].astype(int)
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = picks[-1]
+    scale = 16  # OpenCV's fixed-point sub-pixel positions (shift=4)
+    # painted back to front, so each disk covers the ones drawn after it
+    for k in range(max_disks - 1, -1, -1):
+        centre = (int(round(centres_x[k] * scale)), int(round(centres_y[k] * scale)))
+        cv2.circle(canvas, centre, int(round(radii[k] * scale)), picks[k].tolist(), thickness=-1,
+                   lineType=cv2.LINE_8, shift=4)
     sigma = rng.uniform(0.0, 1.2)
     if sigma > 0.3:
         canvas = cv2.GaussianBlur(canvas, (0, 0), sigma)
