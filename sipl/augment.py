@@ -188,7 +188,8 @@ class PairAugment:
             ``AugmentedPair(lq, gt, stages, source)``.
 
         Raises:
-            SiplError naming the sample when it is smaller than the patch, or the task when degrading fails.
+            SiplError naming the sample when it is smaller than the patch or its input and ground truth differ in
+            shape, or the task when degrading fails.
         """
         fresh = self.task_steps is not None
         if gt.ndim != 3 or gt.shape[2] != 3 or (not fresh and image.shape != gt.shape):
