@@ -19,12 +19,12 @@ channels       ``A.ChannelShuffle``                                       both a
 =============  =========================================================  ==========================================
 
 With fresh degradations the crop, orientation and tone are drawn before the degradation, so the physics runs on the
-``patch``² crop the model sees. The content stage runs on the whole clean crop and the call returns that clean
-image (``AugmentedPair.source``), so further crops of the same sample (the degradation head's) reuse the canvas
-instead of drawing one each (a canvas costs ~6 ms). Determinism: every call is seeded by a per-sample seed only (the
-caller derives it from params and the sample's identity); each stage gets its own generators (``np.random.Generator``
-and ``random.Random``) derived from that seed and the stage name, so switching one stage on or off leaves the draws of
-the others unchanged, and no process-global RNG state (``np.random``, ``random``, torch) is read or written.
+``patch``² crop the model sees. The content stage runs on the whole clean crop and the call returns that clean image
+(``AugmentedPair.source``), so further crops of the same sample (the degradation head's) reuse the canvas instead of
+drawing one each. Determinism: every call is seeded by a per-sample seed only (the caller derives it from params and
+the sample's identity); each stage gets its own generators (``np.random.Generator`` and ``random.Random``) derived
+from that seed and the stage name, so switching one stage on or off leaves the draws of the others unchanged, and no
+process-global RNG state (``np.random``, ``random``, torch) is read or written.
 """
 
 from __future__ import annotations
