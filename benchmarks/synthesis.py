@@ -4,7 +4,10 @@ Prints, measured in one run:
 1. samples/s of every registered degradation (and the CDD-11 triple composites) on 256×256 uint8 images;
 2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
    PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
-   as a ratio. Goal: shards >= 2x the folder baseline;
+   as a ratio. Goal: shards >= 2x the folder baseline. The same shards are also read with a paired crop + one of the
+   8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.augment``) and once
+   through the training loader's albumentations pair pipeline (``sipl.augment.PairAugment``, seeded per sample), as
+   a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
 3. the training stream (``sipl.data.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
    shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
@@ -80,6 +83,38 @@ class _ShardCrops:
         return _random_crop(sample.lq, sample.gt, self.rng)
 
 
+class _HandwrittenPairCrops:
+    """Paired crop + one of the 8 flips/rotations in NumPy from one generator (the loader before albumentations)."""
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, sample: Sample):
+        top = int(self.rng.integers(0, sample.gt.shape[0] - CROP + 1))
+        left = int(self.rng.integers(0, sample.gt.shape[1] - CROP + 1))
+        rotation, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
+        out = []
+        for image in (sample.lq, sample.gt):
+            image = image[top:top + CROP, left:left + CROP]
+            image = np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, rotation))
+            out.append(torch.from_numpy(image).permute(2, 0, 1))
+        return out[0], out[1]
+
+
+class _PipelineCrops:
+    """The training loader's paired augmentation (albumentations), seeded by a running sample count."""
+
+    def __init__(self):
+        from sipl.augment import PairAugment
+
+        self.augment, self.count = PairAugment(CROP), 0
+
+    def __call__(self, sample: Sample):
+        self.count += 1
+        lq, gt, _, _ = self.augment(sample.lq, sample.gt, sample.task, self.count, sample.key)
+        return torch.from_numpy(lq).permute(2, 0, 1), torch.from_numpy(gt).permute(2, 0, 1)
+
+
 class FolderDataset(torch.utils.data.Dataset):
     """The PromptIR-style baseline: PNG decode with PIL, noise added on the fly (field recipe), random crop."""
 
@@ -97,16 +132,25 @@ class FolderDataset(torch.utils.data.Dataset):
 
 
 def _throughput(loader, epochs: int) -> float:
-    best = 0.0
+    return _alternating([loader], epochs)[0]
+
+
+def _alternating(loaders: list, epochs: int) -> list[float]:
+    """Best samples/s of each loader over ``epochs`` epochs, the loaders taking turns epoch by epoch (so a change in
+    the machine's load does not favour the one measured first)."""
+    best = [0.0] * len(loaders)
     for _ in range(epochs):
-        count, started = 0, time.perf_counter()
-        for lq, _ in loader:
-            count += lq.shape[0]
-        best = max(best, count / (time.perf_counter() - started))
+        for index, loader in enumerate(loaders):
+            count, started = 0, time.perf_counter()
+            for lq, _ in loader:
+                count += lq.shape[0]
+            best[index] = max(best[index], count / (time.perf_counter() - started))
     return best
 
 
-def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tuple[float, float]:
+def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tuple[float, float, float, float]:
+    """samples/s of shards + NumPy crop, shards + hand-written paired crop/flip, shards + albumentations pair
+    pipeline, folder of PNGs."""
     import webdataset as wds
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +166,32 @@ def bench_loading(images: list[np.ndarray], epochs: int, workers: int = 2) -> tu
         # enough shards for 2 workers to split them evenly
         entries = write_task_shards(tmp, "train", "denoise_25", samples, "npy", maxcount=max(1, len(samples) // 8))
         urls = [str(Path(tmp, "train", entry["name"])) for entry in entries]
-        shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
-                     .map(decode_sample).map(_ShardCrops()))
-        shard_loader = torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers)
+        loaders = []
+        for crops in (_ShardCrops(), _HandwrittenPairCrops(), _PipelineCrops()):
+            shard_set = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None,
+                                        workersplitter=wds.split_by_worker).map(decode_sample).map(crops))
+            loaders.append(torch.utils.data.DataLoader(shard_set, batch_size=32, num_workers=workers))
+        rates = [_throughput(loaders[0], epochs), *_alternating(loaders[1:], epochs)]
         folder_loader = torch.utils.data.DataLoader(FolderDataset(sorted(folder.glob("*.png"))), batch_size=32,
                                                     num_workers=workers, shuffle=True)
-        return _throughput(shard_loader, epochs), _throughput(folder_loader, epochs)
+        return rates[0], rates[1], rates[2], _throughput(folder_loader, epochs)
+
+
+def bench_pair_crops(images: list[np.ndarray], rounds: int = 5) -> tuple[float, float]:
+    """CPU µs per sample (one process, ``time.process_time``, so other users of the machine count less) of the
+    paired crop + flip/rotation: (hand-written NumPy, albumentations pipeline), the two taking turns each round;
+    the best round of each."""
+    samples = [Sample(sample_key("denoise_25", f"img-{i}", 0), "denoise_25", image, image, {}) for i, image in
+               enumerate(images)]
+    variants = [_HandwrittenPairCrops(), _PipelineCrops()]
+    best = [float("inf")] * len(variants)
+    for _ in range(rounds):
+        for index, crops in enumerate(variants):
+            started = time.process_time()
+            for sample in samples:
+                crops(sample)
+            best[index] = min(best[index], (time.process_time() - started) / len(samples) * 1e6)
+    return best[0], best[1]
 
 
 def bench_stream(images: list[np.ndarray], count: int = 1500, patch: int = 96) -> tuple[float, float]:
@@ -175,12 +239,17 @@ def main() -> None:
     print(f"  {'degradation':<24}{'samples/s':>12}{'ms/sample':>12}")
     for name, rate in bench_degradations(images[:32], args.seconds):
         print(f"  {name:<24}{rate:>12.1f}{1000 / rate:>12.2f}")
-    shards, folder = bench_loading(images, args.epochs)
+    shards, handwritten, pipeline, folder = bench_loading(images, args.epochs)
     print(f"\ntraining read, {args.pairs} pairs of 256x256, random {CROP} crops, batch 32, 2 DataLoader workers "
           f"(best of {args.epochs} epochs)")
-    print(f"  webdataset npy shards      {shards:>10.0f} samples/s")
+    print(f"  webdataset npy shards      {shards:>10.0f} samples/s   (NumPy crop)")
     print(f"  folder of PNGs + noise     {folder:>10.0f} samples/s")
     print(f"  ratio shards / folder      {shards / folder:>10.2f}x   (goal >= 2x)")
+    print(f"  shards + paired crop and flip/rotation (alternating epochs): hand-written {handwritten:.0f}, "
+          f"albumentations pipeline {pipeline:.0f} samples/s, ratio {pipeline / handwritten:.2f}x")
+    handwritten_us, pipeline_us = bench_pair_crops(images)
+    print(f"  paired crop and flip/rotation alone, CPU per sample (1 process): hand-written {handwritten_us:.0f} us, "
+          f"albumentations pipeline {pipeline_us:.0f} us")
     stored, fresh = bench_stream(images)
     print("\ntraining stream (TrainStream, 1 process, patch 96, every task of params.yaml)")
     print(f"  stored lq                  {stored:>10.0f} samples/s")

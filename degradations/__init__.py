@@ -1,4 +1,5 @@
-"""Seeded, pure NumPy/OpenCV degradations that turn clean images into degraded ones.
+"""Seeded, pure NumPy/OpenCV degradations that turn clean images into degraded ones (JPEG through albumentations'
+codec; the physics is written here).
 
 Every function has the form ``fn(image, rng, **params) -> (image, applied)``: ``image`` is H×W×3 uint8 or float in
 [0, 1] and the result has the same dtype and shape; ``rng`` is a ``numpy.random.Generator`` (no global RNG state);
@@ -16,6 +17,7 @@ step list without running it.
 from degradations._core import DegradationError
 from degradations.blur import motion_blur
 from degradations.haze import haze
+from degradations.jpeg import jpeg
 from degradations.lowlight import low_light
 from degradations.noise import gaussian_noise
 from degradations.rain import rain
@@ -23,4 +25,4 @@ from degradations.registry import CDD11, REGISTRY, apply, validate
 from degradations.snow import snow
 
 __all__ = ["CDD11", "REGISTRY", "DegradationError", "apply", "validate", "gaussian_noise", "rain", "haze",
-           "motion_blur", "low_light", "snow"]
+           "motion_blur", "low_light", "snow", "jpeg"]

@@ -10,6 +10,7 @@ import numpy as np
 from degradations._core import DegradationError, check_params, from_working, to_working
 from degradations.blur import motion_blur
 from degradations.haze import haze
+from degradations.jpeg import jpeg
 from degradations.lowlight import low_light
 from degradations.noise import gaussian_noise
 from degradations.rain import rain
@@ -22,6 +23,7 @@ REGISTRY: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
     "motion_blur": motion_blur,
     "low_light": low_light,
     "snow": snow,
+    "jpeg": jpeg,
 }
 
 # CDD-11 (OneRestore) composites, applied low light -> rain -> snow -> haze. Where a parameter maps onto the

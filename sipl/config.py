@@ -98,7 +98,7 @@ class TaskConfig(_Strict):
     degradation draws from with the sample's generator.
     """
 
-    family: Literal["noise", "rain", "haze", "blur", "lowlight", "snow", "composite"]
+    family: Literal["noise", "rain", "haze", "blur", "lowlight", "snow", "jpeg", "composite"]
     steps: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("steps")
@@ -213,7 +213,7 @@ class TrainConfig(_Strict):
         "more samples than the restorer and costs little per sample"))
     fresh_degradations: bool = Field(True, description=(
         "degrade each training crop afresh at every read with its task's steps (a new draw per read, seeded by "
-        "seed, rank, loader worker, start step and position in the stream); false = train on the shards' fixed lq"))
+        "seed, start step, task, sample key and epoch); false = train on the shards' fixed lq"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)
@@ -378,6 +378,12 @@ class Params(_Strict):
                             f"profiles.{self.profile}.train.channel_shuffle is {train.channel_shuffle} but "
                             f"tasks.{name}.steps[{index}] (haze) has tint {step['tint']!r}: a tinted airlight is "
                             "not the same in every channel order; set that tint to 0 or channel_shuffle to 0")
+                    if step["name"] == "jpeg":
+                        raise ValueError(
+                            f"profiles.{self.profile}.train.channel_shuffle is {train.channel_shuffle} but "
+                            f"tasks.{name}.steps[{index}] is jpeg: JPEG codes luma and chroma from fixed channel "
+                            "weights, so its artefacts are not the same in every channel order; set channel_shuffle "
+                            "to 0 or leave the jpeg task out")
         return self
 
     @property

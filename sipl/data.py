@@ -1,14 +1,16 @@
-"""Training data: shard checks, task mixing, per-worker shard streaming, paired crops/flips, validation sets.
+"""Training data: shard checks, task mixing, per-worker shard streaming, validation sets.
 
 Each Ray worker (``rank`` of ``world``) and each of its DataLoader workers reads its own part of every task's train
 shards: shards are split across the ``world × loader_workers`` reading slots (like WebDataset's ``split_by_node``
 then ``split_by_worker``) after a seeded per-epoch shard shuffle; when a task has fewer shards than slots, every
-slot reads all of them and keeps every n-th sample instead, so no slot is starved. Samples pass a seeded shuffle
-buffer; with ``task_steps`` set (``train.fresh_degradations``) the clean crop is degraded afresh by its task's steps at
-every read, so the model never sees the same noise or streak realisation twice; then each pair gets a random
-``patch`` crop plus one of the 8 flips/rotations (identical for lq and gt; with ``channel_shuffle`` also a random RGB
-order), and the task streams are mixed by weight with a seeded generator. Every random choice derives from
-``(seed, rank, loader worker, start step)`` and the position in the stream, never from global RNG state.
+slot reads all of them and keeps every n-th sample instead, so no slot is starved. Either way every sample is read by
+exactly one slot per epoch. Samples pass a seeded shuffle buffer, the task streams are mixed by weight with a seeded
+generator, and each pair goes through the albumentations pipeline of ``sipl.augment`` (crop, flip/rotation, with
+``task_steps`` set (``train.fresh_degradations``) content, tone and a fresh degradation of the clean crop, channel
+order). The pipeline and the identity and head-crop draws are seeded per sample read, by ``(seed, start step, task,
+sample key, epoch)`` only: the same sample read in the same epoch gets the same pixels on any number of ranks and
+loader workers, and a crop read again in a later epoch gets new draws. The shard shuffle, the shuffle buffer and the
+mixer derive from ``(seed, rank, loader worker, start step)``. No random choice reads global RNG state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from sipl.errors import SiplError
+from sipl.seeding import derive_seed
 
 log = logging.getLogger("sipl.data")
 
@@ -131,101 +134,6 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
     return result
 
 
-# ----------------------------------------------------------------------------------------- augmentations
-
-def paired_crop_flip(lq: np.ndarray, gt: np.ndarray, patch: int, rng: np.random.Generator,
-                     key: str = "?") -> tuple[np.ndarray, np.ndarray]:
-    """Same random ``patch``×``patch`` crop and the same of the 8 flips/90° rotations on lq and gt.
-
-    ``lq``/``gt``: uint8 H×W×3 of equal shape. Returns contiguous uint8 patch×patch×3 arrays. Raises SiplError
-    naming the sample when it is smaller than the patch."""
-    height, width = gt.shape[:2]
-    if height < patch or width < patch:
-        raise SiplError(f"sample {key} is {height}x{width}, smaller than train.patch={patch}; lower the patch or "
-                        "raise crops.train.size and re-run `sipl synthesize`")
-    top = int(rng.integers(0, height - patch + 1))
-    left = int(rng.integers(0, width - patch + 1))
-    rotation, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-    out = []
-    for image in (lq, gt):
-        image = image[top:top + patch, left:left + patch]
-        if flip:
-            image = image[:, ::-1]
-        out.append(np.ascontiguousarray(np.rot90(image, rotation)))
-    return out[0], out[1]
-
-
-def paired_channel_order(lq: np.ndarray, gt: np.ndarray,
-                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same random one of the 6 RGB channel orders on lq and gt (uint8 H×W×3 -> contiguous H×W×3).
-
-    Every degradation of the default task list treats the channels alike (grey airlight, white streaks and flakes,
-    the same curve and kernel per channel, i.i.d. noise), so a reordered pair is as valid a pair as the original;
-    it shows the model clean content in six colour casts instead of one, e.g. red or blue scenes that are not haze."""
-    order = rng.permutation(3)
-    return np.ascontiguousarray(lq[..., order]), np.ascontiguousarray(gt[..., order])
-
-
-def fresh_degradation(gt: np.ndarray, steps: list[dict[str, Any]], seed: list[int], task: str = "?",
-                      key: str = "?") -> np.ndarray:
-    """A new degraded version of the clean crop ``gt`` (uint8 H×W×3 -> uint8 H×W×3) by ``steps`` (the task's
-    ``degradations.apply`` steps; ranges drawn afresh), from a generator seeded with ``seed`` only."""
-    import degradations
-
-    try:
-        lq, _ = degradations.apply(steps, gt, np.random.default_rng(seed))
-    except (KeyError, TypeError, ValueError) as error:
-        raise SiplError(f"params tasks.{task}: degrading training sample {key} failed: {error}") from None
-    return lq
-
-
-def dead_leaves(like: np.ndarray, rng: np.random.Generator, max_disks: int = 300) -> np.ndarray:
-    """A dead-leaves image of the shape of ``like`` (uint8 H×W×3): occluding disks with a power-law radius
-    distribution (density ∝ r⁻³, from 2 px to a third of the side), the scale-invariant occlusion model of natural
-    images, each coloured with a random pixel of ``like`` (so the colours are a photo's), laid front to back (a disk
-    shows only where no earlier one lies) until the canvas is covered or ``max_disks`` are laid (the rest takes the
-    last colour), then softened by a blur of random width (0-1.2 px), as natural edges are."""
-    import cv2
-
-    height, width = like.shape[:2]
-    colours = like.reshape(-1, 3)
-    canvas = np.zeros((height, width, 3), np.uint8)
-    covered = np.zeros((height, width), bool)
-    r_min, r_max = 2.0, max(3.0, min(height, width) / 3)
-    for _ in range(max_disks):
-        # inverse-CDF draw of p(r) ∝ r^-3 on [r_min, r_max]
-        u = rng.random()
-        radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
-        cy, cx = rng.uniform(-radius, height + radius), rng.uniform(-radius, width + radius)
-        top, bottom = max(0, int(cy - radius)), min(height, int(cy + radius) + 1)
-        left, right = max(0, int(cx - radius)), min(width, int(cx + radius) + 1)
-        if top >= bottom or left >= right:
-            continue
-        yy, xx = np.ogrid[top:bottom, left:right]
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        free = disk & ~covered[top:bottom, left:right]
-        colour = colours[int(rng.integers(0, len(colours)))]
-        canvas[top:bottom, left:right][free] = colour
-        covered[top:bottom, left:right] |= disk
-        if covered.all():
-            break
-    canvas[~covered] = colour
-    sigma = rng.uniform(0.0, 1.2)
-    if sigma > 0.3:
-        canvas = cv2.GaussianBlur(canvas, (0, 0), sigma)
-    return canvas
-
-
-def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A clean uint8 H×W×3 image with a random exposure (×0.5–1.3), gamma (0.7–1.5) and saturation (×0.6–1.3),
-    as a new clean image (uint8 H×W×3)."""
-    x = image.astype(np.float32) / 255.0
-    x = np.clip(x * rng.uniform(0.5, 1.3), 0.0, 1.0) ** rng.uniform(0.7, 1.5)
-    grey = x.mean(axis=2, keepdims=True)
-    x = np.clip(grey + (x - grey) * rng.uniform(0.6, 1.3), 0.0, 1.0)
-    return (x * 255.0 + 0.5).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------------------------- streaming
 
 def slot_shards(urls: list[str], slot: int, slots: int, epoch: int, seed: int) -> tuple[list[str], int]:
@@ -287,9 +195,11 @@ class TrainStream(torch.utils.data.IterableDataset):
     of the items is an identity pair: the clean patch as input and target (key suffixed ``#clean``). With
     ``channel_shuffle`` > 0 that share of the pairs has its RGB channels put in a random one of the 6 orders (the
     same for lq and gt). With ``task_steps`` (task -> degradation steps) the shard's lq is ignored and the clean
-    crop is degraded afresh at each read. With ``head_samples`` > 0 (needs ``task_steps``) each item also carries
-    ``head_lq`` / ``head_gt`` (head_samples×patch×patch×3 uint8: random crops of the same clean image, each degraded by
-    a uniformly drawn task or left clean) and ``head_labels`` (their class: the task name, or ``"clean"``)."""
+    crop is degraded afresh at each read; ``synthetic_share`` of the clean crops are dead-leaves images (key suffixed
+    ``#leaves``) and ``photometric`` of them get a random exposure, saturation and gamma. With ``head_samples`` > 0
+    (needs ``task_steps``) each item also carries ``head_lq`` / ``head_gt`` (head_samples×patch×patch×3 uint8: random
+    crops of the same clean image (the dead-leaves canvas where the sample drew one), each with its own tone draw,
+    degraded by a uniformly drawn task or left clean) and ``head_labels`` (their class: the task name, or ``"clean"``)."""
 
     def __init__(self, config: StreamConfig):
         super().__init__()
@@ -333,13 +243,15 @@ class TrainStream(torch.utils.data.IterableDataset):
                     self._handler(task)(SiplError(f"sample {item.get('__key__')} in {item.get('__url__')}: {error}"))
                     continue
                 count += 1
-                yield sample
+                yield epoch, sample
             if count == 0:
                 raise SiplError(f"task '{task}': reading slot {slot}/{slots} got no decodable samples from shards "
                                 f"{mine}; check the shards (re-run `sipl synthesize`)")
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from sipl.augment import PairAugment
+
         cfg = self.config
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -349,53 +261,49 @@ class TrainStream(torch.utils.data.IterableDataset):
         probabilities /= probabilities.sum()
         streams = {t: self._task_samples(i, t, slot, slots) for i, t in enumerate(tasks)}
         mixer = np.random.default_rng([cfg.seed, _MIX_STREAM, cfg.rank, worker, cfg.start_step])
-        crops = np.random.default_rng([cfg.seed, _MIX_STREAM + 1, cfg.rank, worker, cfg.start_step])
-        identity = np.random.default_rng([cfg.seed, _MIX_STREAM + 2, cfg.rank, worker, cfg.start_step])
-        channels = np.random.default_rng([cfg.seed, _MIX_STREAM + 3, cfg.rank, worker, cfg.start_step])
-        extra = np.random.default_rng([cfg.seed, _MIX_STREAM + 5, cfg.rank, worker, cfg.start_step])
-        tones = np.random.default_rng([cfg.seed, _MIX_STREAM + 6, cfg.rank, worker, cfg.start_step])
-        leaves = np.random.default_rng([cfg.seed, _MIX_STREAM + 7, cfg.rank, worker, cfg.start_step])
-        position = 0
+        fresh = cfg.task_steps is not None
+        augment = PairAugment(cfg.patch, cfg.task_steps, cfg.photometric, cfg.synthetic_share, cfg.channel_shuffle)
+        # head crops are cut from the sample's clean image after its content draw (pair.source)
+        heads = PairAugment(cfg.patch, cfg.task_steps, cfg.photometric) if cfg.head_samples > 0 and fresh else None
         while True:
             task = tasks[int(mixer.choice(len(tasks), p=probabilities))]
-            sample = next(streams[task])
-            lq, clean, key = sample.lq, sample.gt, sample.key
-            if cfg.task_steps is not None:
-                if cfg.synthetic_share > 0 and leaves.random() < cfg.synthetic_share:
-                    clean = dead_leaves(clean, leaves)
-                    key = f"{sample.key}#leaves"
-                if cfg.photometric > 0 and tones.random() < cfg.photometric:
-                    clean = photometric_jitter(clean, tones)
-                draw = [cfg.seed, _MIX_STREAM + 4, cfg.rank, worker, cfg.start_step, position]
-                lq = fresh_degradation(clean, cfg.task_steps[task], draw, task, sample.key)
-            position += 1
-            lq, gt = paired_crop_flip(lq, clean, cfg.patch, crops, sample.key)
-            if cfg.channel_shuffle > 0 and channels.random() < cfg.channel_shuffle:
-                lq, gt = paired_channel_order(lq, gt, channels)
-            if cfg.identity_share > 0 and identity.random() < cfg.identity_share:
+            epoch, sample = next(streams[task])
+            # Each sample is read by exactly one reading slot per epoch, so this seed names one read of one sample
+            # whatever the number of ranks and loader workers.
+            seed = derive_seed(cfg.seed, cfg.start_step, task, sample.key, epoch)
+            identity = cfg.identity_share > 0 and _uniform(seed, "identity") < cfg.identity_share
+            pair = augment(sample.lq, sample.gt, None if identity else task, seed, sample.key)
+            lq, gt = pair.lq, pair.gt
+            key = f"{sample.key}#leaves" if "content" in pair.stages else sample.key
+            if identity:
                 lq, key = gt, f"{key}#clean"
             skipped, self._skipped = self._skipped, 0
             item = {"lq": lq, "gt": gt, "key": key, "task": task, "skipped": skipped}
-            if cfg.head_samples > 0 and cfg.task_steps is not None:
-                item.update(self._head_crops(clean, tasks, extra))
+            if heads is not None:
+                item.update(self._head_crops(heads, pair.source, tasks, seed))
             yield item
 
-    def _head_crops(self, clean: np.ndarray, tasks: list[str], rng: np.random.Generator) -> dict[str, Any]:
-        """``head_samples`` random patches of ``clean``, each degraded by a uniformly drawn task or left clean."""
+    def _head_crops(self, heads: Any, clean: np.ndarray, tasks: list[str], seed: int) -> dict[str, Any]:
+        """``head_samples`` crops of ``clean`` (the sample's clean image after its content draw), each through the
+        pipeline ``heads`` (crop, orientation, tone, degradation) with its own seed derived from the sample's, and
+        degraded by a uniformly drawn task or left clean."""
         from sipl.config import CLEAN_CLASS
 
-        cfg = self.config
         lqs, gts, labels = [], [], []
-        for _ in range(cfg.head_samples):
-            choice = int(rng.integers(0, len(tasks) + 1))
+        for index in range(self.config.head_samples):
+            head_seed = derive_seed(seed, "head", index)
+            choice = int(_uniform(head_seed, "label") * (len(tasks) + 1))
             label = CLEAN_CLASS if choice == len(tasks) else tasks[choice]
-            _, gt = paired_crop_flip(clean, clean, cfg.patch, rng)
-            lq = gt if label == CLEAN_CLASS else fresh_degradation(
-                gt, cfg.task_steps[label], [int(rng.integers(0, 2**63))], label)
+            lq, gt, _, _ = heads(clean, clean, None if label == CLEAN_CLASS else label, head_seed)
             lqs.append(lq)
             gts.append(gt)
             labels.append(label)
         return {"head_lq": np.stack(lqs), "head_gt": np.stack(gts), "head_labels": labels}
+
+
+def _uniform(*parts: Any) -> float:
+    """A number in [0, 1) from a hash of ``parts`` (a seeded draw without building a generator)."""
+    return derive_seed(*parts) / 2.0 ** 63
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -55,6 +55,11 @@ def test_model_build_arguments_carry_the_overrides():
     (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
                 r["tasks"]["dehaze"]["steps"][0].update(tint=[0.0, 0.2])),
      "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dehaze.steps[0] (haze) has tint [0.0, 0.2]"),
+    (lambda r: (r["profiles"]["tiny"]["train"].update(channel_shuffle=0.5),
+                r["tasks"].update(dejpeg={"family": "jpeg", "steps": [{"name": "jpeg", "quality": [10, 40]}]})),
+     "profiles.tiny.train.channel_shuffle is 0.5 but tasks.dejpeg.steps[0] is jpeg"),
+    (lambda r: r["tasks"].update(dejpeg={"family": "jpeg", "steps": [{"name": "jpeg", "qualty": 20}]}),
+     "tasks.dejpeg.steps: Value error, degradation 'jpeg': unknown parameter(s) ['qualty']"),
     (lambda r: r["crops"]["train"].update(size=32),
      "crops.train.size=32 is smaller than profiles.tiny.train.patch=96"),
     (lambda r: r["crops"]["train"].update(size=None, max_side=40),
@@ -80,3 +85,12 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sipl.cli", "synthesize"], capture_output=True, text=True,
                              cwd=tmp_path / "..", timeout=120)
     assert missing.returncode == 2 and "params.yaml: not found" in missing.stderr
+
+
+def test_a_jpeg_task_and_a_composite_ending_in_jpeg_are_accepted():
+    raw = _raw()
+    raw["tasks"]["dejpeg"] = {"family": "jpeg", "steps": [{"name": "jpeg", "quality": [10, 40]}]}
+    raw["tasks"]["haze_jpeg"] = {"family": "composite",
+                                 "steps": [{"name": "haze", "beta": [1.0, 2.0]}, {"name": "jpeg", "quality": 30}]}
+    params = parse_params(raw, source="params.yaml")
+    assert params.tasks["dejpeg"].family == "jpeg" and params.tasks["haze_jpeg"].steps[-1]["name"] == "jpeg"

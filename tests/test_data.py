@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from sipl.augment import PairAugment, dead_leaves, fresh_degradation
 from sipl.config import parse_params
-from sipl.data import (StreamConfig, TrainStream, check_shards, fresh_degradation, paired_crop_flip, slot_shards,
-                       task_weights)
+from sipl.data import StreamConfig, TrainStream, check_shards, slot_shards, task_weights
 from sipl.errors import SiplError
 
 torch.set_num_threads(1)
@@ -150,15 +150,78 @@ def test_slot_shards_partition(n_shards, slots):
     assert slot_shards(urls, 0, 1, 1, 3)[0] != slot_shards(urls, 0, 1, 2, 3)[0] or n_shards < 3
 
 
-def test_paired_crop_flip_same_geometry():
+def _dihedral(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips / 90° rotations of ``image``."""
+    return [np.rot90(flipped, k) for flipped in (image, image[:, ::-1]) for k in range(4)]
+
+
+def _locate(image: np.ndarray, patch: np.ndarray) -> list[tuple[int, tuple[int, ...]]]:
+    """Every (orientation, channel order) that turns ``patch`` back into a window of ``image`` (random pixels: one)."""
+    side = patch.shape[0]
+    found = []
+    for k, view in enumerate(_dihedral(patch)):
+        for order in itertools.permutations(range(3)):
+            candidate = view[..., list(order)]
+            corner = np.all(image[:image.shape[0] - side + 1, :image.shape[1] - side + 1] == candidate[0, 0], axis=-1)
+            if any(np.array_equal(image[t:t + side, u:u + side], candidate) for t, u in zip(*np.nonzero(corner))):
+                found.append((k, order))
+    return found
+
+
+def test_pair_augment_gives_lq_and_gt_the_same_geometry_and_the_same_pixels_for_the_same_seed():
     rng = np.random.default_rng(0)
     gt = rng.integers(0, 200, (40, 48, 3), dtype=np.uint8)
-    for seed in range(10):
-        lq_patch, gt_patch = paired_crop_flip(gt + 7, gt, 16, np.random.default_rng(seed))
-        assert lq_patch.shape == (16, 16, 3) and lq_patch.flags.c_contiguous
-        np.testing.assert_array_equal(lq_patch, gt_patch + 7)
-    with pytest.raises(SiplError, match="smaller than train.patch=64"):
-        paired_crop_flip(gt, gt, 64, rng, key="k1")
+    augment = PairAugment(16, channel_shuffle=0.5)
+    orientations, orders = set(), set()
+    for seed in range(64):
+        lq_patch, gt_patch, applied, source = augment(gt + 7, gt, "denoise", seed)
+        assert source is gt
+        assert lq_patch.shape == gt_patch.shape == (16, 16, 3) and lq_patch.flags.c_contiguous
+        np.testing.assert_array_equal(lq_patch, gt_patch + 7)  # one crop, orientation and channel order for both
+        again = augment(gt + 7, gt, "denoise", seed)
+        assert np.array_equal(again[0], lq_patch) and np.array_equal(again[1], gt_patch) and again[2] == applied
+        # the patch is a window of gt in one of the 8 orientations, channels in one of the 6 orders
+        found = _locate(gt, gt_patch)
+        assert len(found) == 1, seed
+        orientations.add(found[0][0])
+        orders.add(found[0][1])
+        if found[0][1] != (0, 1, 2):
+            assert "channels" in applied
+    assert len(orientations) == 8 and len(orders) == 6
+    other = PairAugment(16, channel_shuffle=0.5)(gt + 7, gt, "denoise", 1)  # another instance, the same seed
+    assert np.array_equal(other[1], augment(gt + 7, gt, "denoise", 1)[1])
+    with pytest.raises(SiplError, match="sample k1 is 40x48, smaller than train.patch=64"):
+        PairAugment(64)(gt, gt, "denoise", 0, key="k1")
+    with pytest.raises(SiplError, match=r"sample k2: input \(40, 40, 3\) and ground truth \(40, 48, 3\)"):
+        augment(gt[:, :40], gt, "denoise", 0, key="k2")
+
+
+def test_pair_augment_degrades_the_augmented_crop_afresh_and_leaves_global_rng_alone():
+    import random
+
+    gt = _clean(np.random.default_rng(1), 48)
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    augment = PairAugment(32, steps, photometric=0.5, synthetic_share=0.5)
+    np_state, py_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
+    noise, stages = [], set()
+    for seed in range(30):
+        lq, out_gt, applied, source = augment(None, gt, "denoise", seed)
+        # the content stage replaces the whole clean image, and the call hands it back for further crops
+        assert (source is gt) == ("content" not in applied) and source.shape == gt.shape
+        again = augment(None, gt, "denoise", seed)
+        assert np.array_equal(again[0], lq) and np.array_equal(again[1], out_gt)
+        assert "degradation" in applied
+        stages.update(applied)
+        noise.append(lq.astype(float) - out_gt)
+        clean_lq, clean_gt, clean_applied, clean_source = augment(None, gt, None, seed)  # no task: identity pair
+        assert np.array_equal(clean_lq, clean_gt) and np.array_equal(clean_gt, out_gt)
+        assert np.array_equal(clean_source, source)
+        assert clean_applied == tuple(stage for stage in applied if stage != "degradation")
+    assert {"content", "tone"} <= stages
+    assert 20 < np.concatenate([n.ravel() for n in noise]).std() < 30
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert random.getstate() == py_state and torch.equal(torch.get_rng_state(), torch_state)
 
 
 # ------------------------------------------------------------------------------------------------ stream
@@ -252,6 +315,26 @@ def test_fresh_degradations_draw_anew_at_every_read_and_repeat_for_the_same_seed
     assert 20 < noise.std() < 30
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["stored-lq", "fresh"])
+def test_a_sample_read_gets_the_same_pixels_on_any_number_of_ranks_and_workers(shards, fresh):
+    steps = {task: config["steps"] for task, config in TASKS.items()} if fresh else None
+    options = dict(weights={"denoise": 1.0, "lowlight": 0.0}, patch=16, task_steps=steps, channel_shuffle=0.5,
+                   identity_share=0.2, photometric=0.5 if fresh else 0.0, synthetic_share=0.3 if fresh else 0.0)
+    epochs = {}
+    # 16 denoise samples in 2 shards: 1 slot reads both, 2 slots one each, 4 slots every 4th sample of both
+    for world in (1, 2, 4):
+        items = [item for rank in range(world)
+                 for item in _take(_stream(shards, world=world, rank=rank, **options), 16 // world)]
+        epochs[world] = {item["key"].split("#")[0]: item for item in items}
+        assert len(epochs[world]) == 16  # one epoch: every sample read once
+    for key, item in epochs[1].items():
+        for world in (2, 4):
+            other = epochs[world][key]
+            assert other["key"] == item["key"]
+            assert np.array_equal(other["lq"], item["lq"]) and np.array_equal(other["gt"], item["gt"]), (world, key)
+    assert any(item["key"].endswith("#clean") for item in epochs[1].values())
+
+
 def test_fresh_degradation_names_the_task_on_bad_steps():
     gt = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(SiplError, match="tasks.broken"):
@@ -323,8 +406,6 @@ def test_photometric_jitter_changes_the_clean_pair_alike(shards):
 
 
 def test_dead_leaves_take_the_photo_colours_and_replace_a_share_of_crops(shards):
-    from sipl.data import dead_leaves
-
     photo = _clean(np.random.default_rng(3), 32)
     leaves = dead_leaves(photo, np.random.default_rng(0))
     assert leaves.shape == photo.shape and leaves.dtype == np.uint8 and leaves.std() > 5

@@ -190,6 +190,37 @@ def test_srgb_round_trip():
     np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------------------------- jpeg
+
+def test_jpeg_is_the_round_trip_of_a_real_jpeg_file_at_the_drawn_quality(photo):
+    import io
+
+    from PIL import Image
+
+    out, applied = apply([{"name": "jpeg", "quality": 20}], photo, np.random.default_rng(0))
+    assert applied == [{"name": "jpeg", "quality": 20}] and _strict_json(applied)
+    # what a photo saved at quality 20 and read back holds (PIL's libjpeg, RGB in, 4:2:0), not a BGR-swapped cousin
+    encoded = io.BytesIO()
+    Image.fromarray(photo).save(encoded, format="JPEG", quality=20)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(encoded).convert("RGB")))
+    float_out, _ = apply({"name": "jpeg", "quality": 20}, photo.astype(np.float32) / 255, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.rint(float_out * 255).astype(np.uint8), out)
+
+
+def test_jpeg_quality_range_is_drawn_per_sample_and_lower_quality_loses_more(photo):
+    qualities = {apply({"name": "jpeg", "quality": [10, 40]}, photo, np.random.default_rng(seed))[1][0]["quality"]
+                 for seed in range(20)}
+    assert len(qualities) > 5 and min(qualities) >= 10 and max(qualities) <= 40
+    error = {q: np.abs(apply({"name": "jpeg", "quality": q}, photo, np.random.default_rng(0))[0].astype(float)
+                       - photo).mean() for q in (10, 40, 95)}
+    assert error[10] > error[40] > error[95]
+    with pytest.raises(DegradationError, match="jpeg.quality: 0 is outside"):
+        apply({"name": "jpeg", "quality": [0, 40]}, photo, np.random.default_rng(0))
+    # as the last step of a composite (what real photos carry)
+    _, applied = apply([{"name": "rain"}, {"name": "jpeg", "quality": 30}], photo, np.random.default_rng(0))
+    assert [a["name"] for a in applied] == ["rain", "jpeg"]
+
+
 # ------------------------------------------------------------------------------------ registry contract
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])

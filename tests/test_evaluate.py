@@ -191,3 +191,21 @@ def test_max_images_and_tiling(tmp_path):
                                              grid_scheme="anchored", grid_images=1, max_images=2)
     assert results["derain"]["images"] == 2
     assert len(grids["derain"]) == 1 and [a.shape for a in grids["derain"][0]] == [(48, 32, 3)] * 4
+
+
+def test_a_jpeg_task_is_scored_without_a_classical_baseline():
+    """A family without a classical baseline (jpeg) is scored like any other; the classical column stays away."""
+    import degradations
+    from sipl import classical
+
+    gt = np.ascontiguousarray(data.astronaut()[100:132, 180:212])
+    lq, applied = degradations.apply([{"name": "jpeg", "quality": 20}], gt, np.random.default_rng(0))
+    sample = shards.Sample(key=shards.sample_key("dejpeg", "astronaut", 0), task="dejpeg", lq=lq, gt=gt,
+                           meta={"task": "dejpeg", "family": "jpeg", "applied": applied})
+    assert classical.method_name("jpeg") is None and classical.restore(lq, "jpeg", applied) is None
+    model = build_model("nafnet", "tiny", sipl=True, **TINY_MODEL)
+    results, _ = evaluate.evaluate_split(model, {"dejpeg": ("jpeg", [sample])}, schemes=["anchored"], max_steps=1,
+                                         use_classical=True)
+    assert results["dejpeg"]["family"] == "jpeg" and results["dejpeg"]["images"] == 1
+    assert "classical" not in results["dejpeg"]
+    assert results["dejpeg"]["input"]["psnr"] == pytest.approx(peak_signal_noise_ratio(gt, lq), abs=1e-3)
