@@ -11,26 +11,24 @@ from sipl import env
 env.apply_quiet_defaults()
 
 
-def _steps(value: str) -> str | int:
-    if value == "auto":
-        return value
+def _at_least(option: str, minimum: int, value: str, also: str = "") -> int:
+    """``value`` as an integer >= ``minimum``, else an argparse error naming ``option`` (``also``: other accepted
+    words, for the message)."""
     try:
-        steps = int(value)
+        number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps takes 'auto' or an integer >= 0, got {value!r}") from None
-    if steps < 0:
-        raise argparse.ArgumentTypeError(f"--steps must be >= 0, got {steps}")
-    return steps
+        raise argparse.ArgumentTypeError(f"{option} takes {also}an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"{option} must be >= {minimum}, got {number}")
+    return number
+
+
+def _steps(value: str) -> str | int:
+    return value if value == "auto" else _at_least("--steps", 0, value, also="'auto' or ")
 
 
 def _max_pixels(value: str) -> int:
-    try:
-        limit = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-pixels takes an integer >= 1, got {value!r}") from None
-    if limit < 1:
-        raise argparse.ArgumentTypeError(f"--max-pixels must be >= 1, got {limit}")
-    return limit
+    return _at_least("--max-pixels", 1, value)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

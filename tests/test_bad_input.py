@@ -245,28 +245,24 @@ def restore_weights_truncated(base, tmp):
                 keep=[tmp / "models", image])
 
 
-def restore_selection_steps_not_a_number(base, tmp):
+def _restore_with_selection(base, tmp, change: dict, words: list[str]) -> Case:
     _copy(base, tmp, "models")
-    _edit_json(tmp / "models" / "selection.json", lambda d: d.update(steps="three"))
+    _edit_json(tmp / "models" / "selection.json", lambda d: d.update(change))
     image = _png(tmp / "in" / "a.png")
-    return Case(_restore(tmp, str(image), "-o", str(tmp / "out")), 2, ["selection.json", "'steps'", "three"],
+    return Case(_restore(tmp, str(image), "-o", str(tmp / "out")), 2, ["selection.json", *words],
                 keep=[tmp / "models", image])
+
+
+def restore_selection_steps_not_a_number(base, tmp):
+    return _restore_with_selection(base, tmp, {"steps": "three"}, ["'steps'", "three"])
 
 
 def restore_selection_per_task_negative(base, tmp):
-    _copy(base, tmp, "models")
-    _edit_json(tmp / "models" / "selection.json", lambda d: d.update(per_task={"derain": -2}))
-    image = _png(tmp / "in" / "a.png")
-    return Case(_restore(tmp, str(image), "-o", str(tmp / "out")), 2, ["selection.json", "per_task.derain"],
-                keep=[tmp / "models", image])
+    return _restore_with_selection(base, tmp, {"per_task": {"derain": -2}}, ["per_task.derain"])
 
 
 def restore_selection_unknown_scheme(base, tmp):
-    _copy(base, tmp, "models")
-    _edit_json(tmp / "models" / "selection.json", lambda d: d.update(scheme="magic"))
-    image = _png(tmp / "in" / "a.png")
-    return Case(_restore(tmp, str(image), "-o", str(tmp / "out")), 2, ["selection.json", "'scheme'", "magic"],
-                keep=[tmp / "models", image])
+    return _restore_with_selection(base, tmp, {"scheme": "magic"}, ["'scheme'", "magic"])
 
 
 def restore_tile_too_small(base, tmp):
