@@ -183,7 +183,7 @@ def main() -> int:
     print(f"\nmatmul: {figures['matmul_gflops']} GFLOP/s with {args.threads} threads "
           f"({figures['matmul_gflops_1thread']} with 1); onnx export (once per model): {figures['onnx_export_s']} s")
     print("s/MP: wall seconds per megapixel (CPU seconds of all threads in brackets: steadier on a busy machine)")
-    print(f"{'size':>11} {'setting':>12} {'eager s/MP':>15} {'onnx s/MP':>13} {'speed-up':>13} "
+    print(f"{'size':<11} {'setting':>10} {'eager s/MP':>16} {'onnx s/MP':>15} {'speed-up':>15} "
           f"{'x step 0':>8} {'peak GiB':>8}")
     by_key = {(tuple(c["size"]), c["steps"], c["scheme"], c["engine"]): c for c in figures["cases"]}
     print("" if by_key else "(no --sizes: no speed table)")
@@ -193,11 +193,12 @@ def main() -> int:
         eager = by_key.get((size, steps, scheme, "eager"))
         step0 = by_key[(size, 0, "anchored", "onnx")]
         setting = "step 0" if steps == 0 else f"{scheme[:4]} 0..{steps}"
-        eager_s = f"{eager['s_per_mp']} ({eager['cpu_s_per_mp']})" if eager else "-"
+        eager_s = f"{eager['s_per_mp']:.2f} ({eager['cpu_s_per_mp']:.2f})" if eager else "-"
+        onnx_s = f"{case['s_per_mp']:.2f} ({case['cpu_s_per_mp']:.2f})"
         speedup = (f"{eager['s_per_mp'] / case['s_per_mp']:.2f}x ({eager['cpu_s_per_mp'] / case['cpu_s_per_mp']:.2f}x)"
                    if eager else "-")
-        print(f"{size[0]}x{size[1]:<6} {setting:>12} {eager_s:>15} {case['s_per_mp']} ({case['cpu_s_per_mp']}) "
-              f"{speedup:>13} {case['seconds'] / step0['seconds']:>7.2f}x {case['peak_rss_gib']:>8}")
+        print(f"{f'{size[0]}x{size[1]}':<11} {setting:>10} {eager_s:>16} {onnx_s:>15} {speedup:>15} "
+              f"{case['seconds'] / step0['seconds']:>7.2f}x {case['peak_rss_gib']:>8}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
