@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -220,6 +221,8 @@ class OnnxModel:
                                                        providers=["CPUExecutionProvider"]) for name in needed}
 
         if not all((folder / f"{name}.onnx").is_file() for name in needed):
+            print(f"sipl: exporting the model for ONNX Runtime into {folder} (once per model and machine; "
+                  "20-60 s)", file=sys.stderr, flush=True)
             export_graphs(model, folder)
         try:
             self.sessions = open_sessions()
