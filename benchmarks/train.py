@@ -89,11 +89,11 @@ class TrainerStep:
 
     def __init__(self, model_args: dict, recipe, batch: int, patch: int, seed: int = 0) -> None:
         from sipl.models import build_model
-        from sipl.train import build_optimizer, memory_format_of, step_module_for
+        from sipl.train import build_optimizer, memory_format_of, step_module_for, to_memory_format
 
         torch.manual_seed(seed)
         layout = memory_format_of(recipe)
-        self.model = build_model(**model_args).to(memory_format=layout)
+        self.model = to_memory_format(build_model(**model_args), layout)
         self.module = step_module_for(self.model, recipe)
         self.optimizer = build_optimizer(self.model, recipe)
         self.clip = recipe.grad_clip or float("inf")

@@ -91,24 +91,21 @@ def memory_format_of(cfg) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
+def to_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """Put every 4-D parameter and buffer of ``model`` in ``memory_format``, in place (``Module.to`` refuses
+    channels_last for a model that also holds 5-D parameters, such as PromptIR's prompts); returns ``model``."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=memory_format)
+    return model
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     """The recipe's AdamW (``lr``, ``betas``, ``weight_decay``); ``fused_optimizer`` selects torch's fused kernel,
     which updates every parameter in one pass instead of a Python loop of small ops per tensor."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                              fused=bool(cfg.fused_optimizer) or None)
-
-
-def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter optimiser tensor (AdamW's moments) its parameter's memory layout.
-
-    Checkpoints store tensors contiguous; restored into a channels_last model, the moments would otherwise have
-    other strides than the parameters and gradients, which the fused AdamW kernel does not handle (it would update
-    the wrong elements)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -395,7 +392,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
 
     torch.manual_seed(params.seed)
     memory_format = memory_format_of(cfg)
-    model = build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device, memory_format=memory_format)
+    model = to_memory_format(build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device),
+                             memory_format)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     optimizer = build_optimizer(model, cfg)
 
@@ -403,9 +401,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
                              "wall_s": 0.0, "val": {}, "resumed_from": []}
     def load(directory: str) -> dict:
         try:
-            info = load_training_state(directory, model=model, optimizer=optimizer, ema=ema)
-            match_state_layout(optimizer)
-            return info
+            return load_training_state(directory, model=model, optimizer=optimizer, ema=ema)
         except (RuntimeError, KeyError, ValueError) as error:
             raise SiplError(f"cannot resume from checkpoint {directory}: it does not fit the current model/optimiser "
                             f"({str(error).splitlines()[0]}); change ray.run_name or remove that run's folder under "
