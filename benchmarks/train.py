@@ -79,6 +79,18 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def attention_flops(query_shape, key_shape, value_shape, *_, **__) -> int:
+    """FLOPs of scaled dot-product attention (q·kᵀ and the weighted sum of v) for q B×H×Sq×D, k B×H×Sk×D,
+    v B×H×Sk×Dv."""
+    batch, heads, queries, depth = query_shape
+    return 2 * batch * heads * queries * key_shape[-2] * (depth + value_shape[-1])
+
+
+def attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *_, **__) -> int:
+    """FLOPs of its backward: the gradients of q, k, v and of the attention weights, twice the forward."""
+    return 2 * attention_flops(query_shape, key_shape, value_shape)
+
+
 class TrainerStep:
     """One optimiser step of the trainer on random data, as ``train_worker`` runs it for one micro-batch: the
     profile's step module (with degradation labels and the head's extra crops when the model has a degradation
@@ -120,11 +132,15 @@ class TrainerStep:
         self.optimizer.step()
 
     def flops(self, index: int) -> int:
-        """FLOPs of the step's forward + backward as torch counts them (convolutions, matmuls, attention), with the
-        convolution backward counted by ``conv_backward_flops``."""
+        """FLOPs of the step's forward + backward: torch's FlopCounterMode (convolutions, matmuls), with the
+        convolution backward counted by ``conv_backward_flops`` and CPU attention, which torch leaves out, by
+        ``attention_flops`` / ``attention_backward_flops``. Elementwise work and norms are not counted."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
+        aten = torch.ops.aten
+        mapping = {aten.convolution_backward: conv_backward_flops,
+                   aten._scaled_dot_product_flash_attention_for_cpu: attention_flops,
+                   aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward_flops}
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             self.loss(index).backward()
         self.model.zero_grad(set_to_none=True)
