@@ -206,8 +206,12 @@ class _DDPSession:
         return None
 
     def prepare(self, module, find_unused_parameters=False):
+        import warnings
+
         import torch.distributed as dist
 
+        # as RaySession: depthwise-conv gradients have other strides than DDP's buckets (a copy, not an error)
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         if not dist.is_initialized():
             return module
         return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused_parameters)
