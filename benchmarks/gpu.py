@@ -49,23 +49,30 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
     ``recipe`` is a ``sipl.config.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed through
     the trainer's own conversion, so the step is the trainer's step minus data loading."""
     from sipl.models import build_model
-    from sipl.train import accumulate_gradients, ema_update, step_module_for
+    from sipl.train import (accumulate_gradients, build_optimizer, ema_update, memory_format_of, step_module_for,
+                            to_memory_format)
 
     torch.manual_seed(0)
-    model = build_model(**model_args).to(device)
+    memory_format = memory_format_of(recipe)
+    model = to_memory_format(build_model(**model_args).to(device), memory_format)
     ema = copy.deepcopy(model).requires_grad_(False) if recipe.ema_decay else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=tuple(recipe.betas),
-                                  weight_decay=recipe.weight_decay)
+    optimizer = build_optimizer(model, recipe)
     step_module = step_module_for(model, recipe)
     generator = torch.Generator().manual_seed(0)
-    # Task names and keys as the loader gives them (the degradation head's labels come from them).
-    tasks = list(model_args.get("degradation_classes", [])[1:]) or ["task"]
     batches = [{"lq": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator),
-                "gt": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator),
-                "tasks": [tasks[(b * micro_batch + i) % len(tasks)] for i in range(micro_batch)],
-                "keys": [f"sample{b * micro_batch + i}" for i in range(micro_batch)]}
-               for b in range(global_batch // micro_batch)]
-    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()} for batch in batches]
+                "gt": torch.randint(0, 256, (micro_batch, patch, patch, 3), dtype=torch.uint8, generator=generator)}
+               for _ in range(global_batch // micro_batch)]
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+    classes = list(getattr(model, "degradation_classes", None) or [])
+    if classes:  # a degradation head trains on each sample's class and, with head_samples, on extra crops
+        extra = recipe.head_samples * micro_batch
+        for batch in batches:
+            batch.update(keys=[str(i) for i in range(micro_batch)],
+                         tasks=[classes[i % len(classes)] for i in range(micro_batch)])
+            if extra:
+                crops = torch.randint(0, 256, (2, extra, patch, patch, 3), dtype=torch.uint8, generator=generator)
+                batch.update(head_lq=crops[0].to(device), head_gt=crops[1].to(device),
+                             head_labels=[classes[i % len(classes)] for i in range(extra)])
     use_bf16 = bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else None
     if device.type == "cuda":
@@ -76,7 +83,7 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
         _sync(device)
         tic = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        terms = accumulate_gradients(step_module, batches, device, autocast)
+        terms = accumulate_gradients(step_module, batches, device, autocast, memory_format=memory_format)
         if recipe.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()

@@ -248,6 +248,20 @@ def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter optimiser tensor (AdamW's moments) its parameter's memory layout, in place.
+
+    Checkpoints store tensors contiguous; restored for a channels_last model, the moments would otherwise have other
+    strides than the parameters and gradients, which torch's fused AdamW kernel does not check: it would pair each
+    moment with the wrong element of its parameter."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def load_training_state(directory: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         ema: torch.nn.Module | None) -> dict[str, Any]:
     """Restore model, optimiser, EMA and torch RNG in place from ``directory``; returns the JSON ``info``."""
@@ -256,6 +270,7 @@ def load_training_state(directory: str | os.PathLike, *, model: torch.nn.Module,
     if ema is not None:
         ema.load_state_dict(_sub(tensors, "ema.") if info.get("has_ema") else _sub(tensors, "model."))
     optimizer.load_state_dict(unflatten_optimizer(tensors, info["optimizer"]))
+    match_state_layout(optimizer)
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return info

@@ -223,6 +223,11 @@ class TrainConfig(_Strict):
     loader_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(256, ge=0)
     bf16: bool = True
+    channels_last: bool = Field(True, description=(
+        "train with weights and images in the channels_last (N×H×W×C) memory layout: on CPU the depthwise and "
+        "pointwise convolutions of these thin feature maps run faster in it; false = N×C×H×W"))
+    fused_optimizer: bool = Field(True, description=(
+        "AdamW's fused kernel (one pass over all parameters) instead of a loop over the parameter tensors"))
 
 
 class ProfileConfig(_Strict):

@@ -86,6 +86,28 @@ def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
                        degradation_weight=cfg.loss.degradation, affine_weight=cfg.loss.head_affine)
 
 
+def memory_format_of(cfg) -> torch.memory_format:
+    """The memory layout a ``TrainConfig`` trains in: ``torch.channels_last`` or ``torch.contiguous_format``."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def to_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """Put every 4-D parameter and buffer of ``model`` in ``memory_format``, in place (``Module.to`` refuses
+    channels_last for a model that also holds 5-D parameters, such as PromptIR's prompts); returns ``model``."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=memory_format)
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """The recipe's AdamW (``lr``, ``betas``, ``weight_decay``); ``fused_optimizer`` selects torch's fused kernel,
+    which updates every parameter in one pass instead of a Python loop of small ops per tensor."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                             fused=bool(cfg.fused_optimizer) or None)
+
+
 def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
     """Class index (into ``model.degradation_classes``) of every sample of a batch: ``"clean"`` for identity pairs
     (keys ending in ``#clean``), else the sample's task; None when the model has no degradation head."""
@@ -181,7 +203,8 @@ def validate(model: torch.nn.Module, val_sets: dict[str, list[tuple[np.ndarray, 
 
 
 def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]], device: torch.device,
-                         autocast=None, step_seed: int | None = None) -> dict[str, float]:
+                         autocast=None, step_seed: int | None = None,
+                         memory_format: torch.memory_format = torch.channels_last) -> dict[str, float]:
     """Forward/backward over the micro-batches of one optimiser step; gradients accumulate in ``.grad``.
 
     Each micro-batch loss is divided by the number of micro-batches, so the gradient is that of the mean loss over
@@ -191,13 +214,18 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
     ``step_seed``: every micro-batch of every rank draws the step's random choices (``self_privileged``, the
     ``preliminary_share`` split, ``random_proxy``) from a generator seeded with it. The same draw everywhere keeps
     the ranks' step costs equal (an independent draw per rank makes the fast rank wait at the all-reduce) and
-    keeps one worker × accumulation equal to several workers; ``None`` uses torch's global generator."""
+    keeps one worker × accumulation equal to several workers; ``None`` uses torch's global generator.
+
+    ``memory_format``: the layout the images are handed to the model in (the model's own, ``memory_format_of``)."""
     from sipl.data import to_float
+
+    def images(key: str) -> torch.Tensor:
+        return to_float(batch[key], device).contiguous(memory_format=memory_format)
 
     terms: dict[str, float] = {}
     count = len(batches)
     for index, batch in enumerate(batches):
-        lq, gt = to_float(batch["lq"], device), to_float(batch["gt"], device)
+        lq, gt = images("lq"), images("gt")
         last = index == count - 1
         sync = wrapped.no_sync() if not last and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
         with sync:
@@ -208,7 +236,7 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
             if "head_lq" in batch:
                 head_labels = degradation_labels(inner, {"keys": [""] * len(batch["head_labels"]),
                                                          "tasks": batch["head_labels"]})
-                head_batch = (to_float(batch["head_lq"], device), to_float(batch["head_gt"], device), head_labels)
+                head_batch = (images("head_lq"), images("head_gt"), head_labels)
             with autocast or contextlib.nullcontext():
                 out = wrapped(lq, gt, generator, labels, head_batch)
             (out["loss"] / count).backward()
@@ -367,10 +395,11 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         torch.set_num_threads(int(spec["threads"]))
 
     torch.manual_seed(params.seed)
-    model = build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device)
+    memory_format = memory_format_of(cfg)
+    model = to_memory_format(build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device),
+                             memory_format)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
 
     state: dict[str, Any] = {"step": 0, "history": [], "skipped_samples": 0, "samples": 0,
                              "wall_s": 0.0, "val": {}, "resumed_from": []}
@@ -443,7 +472,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
         optimizer.zero_grad(set_to_none=True)
         tic = time.perf_counter()
         batches = [next(loader) for _ in range(accumulation)]
-        terms = accumulate_gradients(wrapped, batches, device, autocast, derive_seed(params.seed, "train-step", step))
+        terms = accumulate_gradients(wrapped, batches, device, autocast, derive_seed(params.seed, "train-step", step),
+                                     memory_format)
         keys = [k for b in batches for k in b["keys"]]
         skipped = sum(b["skipped"] for b in batches)
         names = sorted(terms)

@@ -70,18 +70,27 @@ def test_optimizer_flatten_round_trip():
             torch.testing.assert_close(fresh.state_dict()["state"][index][key], value)
 
 
-def test_training_state_resumes_identically(tmp_path):
-    model = _model()
-    ema = _model(seed=5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_fused"])
+def test_training_state_resumes_identically(tmp_path, layout):
+    """Also for the trainer's channels_last model with the fused AdamW kernel, whose moments must come back in the
+    parameters' layout (stored contiguous, they would be paired with the wrong elements)."""
+    memory_format = torch.channels_last if layout == "channels_last_fused" else torch.contiguous_format
+    fused = True if layout == "channels_last_fused" else None
+
+    def built(seed):
+        return _model(seed=seed).to(memory_format=memory_format)
+
+    model = built(0)
+    ema = built(5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
     _train_a_bit(model, optimizer)
     torch.manual_seed(123)
     save_training_state(tmp_path, model=model, optimizer=optimizer, ema=ema, info={"step": 2, "history": []})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.safetensors"]
     expected_rng = torch.rand(3)
 
-    model2, ema2 = _model(seed=9), _model(seed=10)
-    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    model2, ema2 = built(9), built(10)
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-3, fused=fused)
     torch.manual_seed(0)
     info = load_training_state(tmp_path, model=model2, optimizer=optimizer2, ema=ema2)
     assert info["step"] == 2 and info["has_ema"]

@@ -365,3 +365,48 @@ def test_affine_min_confidence_keeps_unsure_inputs_free_of_the_global_correction
         assert sure.gain.abs().min() > 0
         # known classes (training) are never gated
         assert model.head(x, torch.tensor([[1.0, 0.0, 0.0]])).gain.abs().min() > 0
+
+
+def test_layer_norm_keeps_the_input_memory_format():
+    from sipl.models.common import LayerNorm2d
+
+    norm = LayerNorm2d(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 8, 5, 7)
+    plain, last = norm(x), norm(x.contiguous(memory_format=torch.channels_last))
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    # a broadcast view of a channels_last map (the dictionary expanded over the batch) counts as channels_last
+    broadcast = norm(x[:1].contiguous(memory_format=torch.channels_last).expand(2, -1, -1, -1))
+    assert broadcast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(broadcast, norm(x[:1]).expand(2, -1, -1, -1), rtol=0, atol=0)
+    torch.testing.assert_close(plain, last, rtol=0, atol=0)
+    reference = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + norm.eps)
+    torch.testing.assert_close(plain, reference * norm.weight[:, None, None] + norm.bias[:, None, None])
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_channels_last_model_stays_channels_last_and_matches(name):
+    """A model and input in channels_last restore the same image as in N×C×H×W, and every LayerNorm2d sees a map
+    whose channels are the innermost axis (none falls back to N×C×H×W and pays the copies, the slower convolutions
+    and, in the fusion blocks, attention by batched matmuls instead of the fused kernel)."""
+    from sipl.models.common import LayerNorm2d
+    from sipl.train import to_memory_format
+
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", sipl=True).eval()
+    x = torch.rand(2, 3, 24, 32)
+    with torch.no_grad():
+        expected = model(x, privileged=x)
+        to_memory_format(model, torch.channels_last)
+        layouts = {}
+        hooks = [m.register_forward_pre_hook(lambda m, args, name=name: layouts.setdefault(name, []).append(
+            args[0].stride(1) == 1)) for name, m in model.named_modules() if isinstance(m, LayerNorm2d)]
+        last = x.contiguous(memory_format=torch.channels_last)
+        got = model(last, privileged=last)
+    for hook in hooks:
+        hook.remove()
+    assert layouts and [name for name, seen in layouts.items() if not all(seen)] == []
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

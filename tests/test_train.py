@@ -105,12 +105,17 @@ def test_throughput_leaves_out_the_first_step_once_there_is_another():
     # every random choice of the step drawn from the step's seed: the same on every micro-batch and every rank
     {"preliminary_weight": 0.5, "random_proxy": True, "self_privileged": 0.5, "preliminary_share": 0.5},
 ], ids=["official", "stochastic-options"])
-def test_global_batch_invariance(options):
-    """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients)."""
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous-loop", "channels_last-fused"])
+def test_global_batch_invariance(options, channels_last):
+    """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients), in
+    either memory layout and optimiser kernel of the trainer."""
     from sipl.models import build_model
+    from sipl.train import to_memory_format
 
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    fused = True if channels_last else None
     torch.manual_seed(0)
-    model = build_model("nafnet", "tiny", sipl=True, **SMALL)
+    model = to_memory_format(build_model("nafnet", "tiny", sipl=True, **SMALL), memory_format)
     rng = np.random.default_rng(0)
     batch = {k: torch.from_numpy(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)) for k in ("lq", "gt")}
     halves = [{k: v[i * 2:(i + 1) * 2] for k, v in batch.items()} for i in range(2)]
@@ -120,22 +125,23 @@ def test_global_batch_invariance(options):
 
     single = copy.deepcopy(model)
     cpu = torch.device("cpu")
-    accumulate_gradients(_StepModule(single, l1, **options), halves, cpu, step_seed=7)
+    accumulate_gradients(_StepModule(single, l1, **options), halves, cpu, step_seed=7, memory_format=memory_format)
     replicas = [copy.deepcopy(model) for _ in range(2)]
     for replica, half in zip(replicas, halves):
-        accumulate_gradients(_StepModule(replica, l1, **options), [half], cpu, step_seed=7)
+        accumulate_gradients(_StepModule(replica, l1, **options), [half], cpu, step_seed=7,
+                             memory_format=memory_format)
     for p_single, p_a, p_b in zip(single.parameters(), *(r.parameters() for r in replicas)):
         if p_single.grad is None:
             assert p_a.grad is None and p_b.grad is None
             continue
         torch.testing.assert_close(p_single.grad, (p_a.grad + p_b.grad) / 2, rtol=1e-4, atol=1e-6)
     # and the same first update
-    opt_single = torch.optim.AdamW(single.parameters(), lr=1e-3)
+    opt_single = torch.optim.AdamW(single.parameters(), lr=1e-3, fused=fused)
     opt_single.step()
     averaged = copy.deepcopy(model)
     for p, p_a, p_b in zip(averaged.parameters(), *(r.parameters() for r in replicas)):
         p.grad = None if p_a.grad is None else (p_a.grad + p_b.grad) / 2
-    torch.optim.AdamW(averaged.parameters(), lr=1e-3).step()
+    torch.optim.AdamW(averaged.parameters(), lr=1e-3, fused=fused).step()
     for a, b in zip(single.parameters(), averaged.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

@@ -27,7 +27,11 @@ Hook = Callable[[Tensor], Tensor] | None
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an N×C×H×W map, per pixel, with weight and bias (Restormer's 'WithBias')."""
+    """LayerNorm over the channel axis of an N×C×H×W map, per pixel, with weight and bias (Restormer's 'WithBias').
+
+    The output keeps the input's memory format: an input whose channels are its innermost axis (channels_last, or
+    a broadcast view of a channels_last map) gives a channels_last output without a copy, so a network run in
+    channels_last stays in it; any other input gives a contiguous N×C×H×W output."""
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -41,8 +45,12 @@ class LayerNorm2d(nn.Module):
             x = x.float()  # statistics in float32 under bf16/fp16 autocast
         # The fused layer_norm kernel on a channels-last view is ~2× faster on CPU than the composite of
         # mean/var/rsqrt ops (forward + backward).
-        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2).contiguous().to(dtype)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        if x.stride(1) != 1:
+            # Converting a channels_last result back to N×C×H×W costs a copy per norm, and every following conv
+            # then runs in the slower N×C×H×W layout; only callers that gave N×C×H×W get it back.
+            y = y.contiguous()
+        return y.to(dtype)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:

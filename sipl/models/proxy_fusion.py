@@ -37,8 +37,13 @@ class CrossAttention(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1, bias=False)
 
     def _tokens(self, x: Tensor) -> Tensor:
+        """N×C×H×W -> N×heads×(H·W)×(C/heads). From a map whose channels are its innermost axis (channels_last,
+        or a channel slice of one) this is a view whose last axis is contiguous, which CPU attention needs for its
+        fused kernel (otherwise it falls back to batched matmuls over a transposed copy)."""
         n, c, h, w = x.shape
-        return x.reshape(n, self.heads, c // self.heads, h * w).transpose(-1, -2)  # N, heads, tokens, C/heads
+        if x.stride(1) == 1:
+            return x.permute(0, 2, 3, 1).reshape(n, h * w, self.heads, c // self.heads).transpose(1, 2)
+        return x.reshape(n, self.heads, c // self.heads, h * w).transpose(-1, -2)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -47,6 +52,9 @@ class CrossAttention(nn.Module):
         k = F.normalize(self._tokens(k), dim=-1)
         # scale=1: the temperature already multiplies the cosine similarities (SDPA keeps memory linear in tokens).
         out = F.scaled_dot_product_attention(q, k, self._tokens(v), scale=1.0)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # back to a channels_last map without a copy, as the rest of the network runs in that layout
+            return self.proj(out.transpose(1, 2).reshape(n, h, w, c).permute(0, 3, 1, 2))
         return self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
 
 
@@ -125,7 +133,10 @@ class ProxyFusion(nn.Module):
             w = mix.to(out.dtype).view(-1, 1, 1, 1)
             out = w * out + (1 - w) * fused_raw
         if dictionary_only:
-            out = torch.cat([raw[:dictionary_only], out])
+            head = raw[:dictionary_only]
+            if out.is_contiguous(memory_format=torch.channels_last):
+                head = head.contiguous(memory_format=torch.channels_last)  # else cat returns N×C×H×W
+            out = torch.cat([head, out])
         return out
 
     def forward(self, feature: Tensor, ensemble: Tensor) -> Tensor:
