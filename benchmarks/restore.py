@@ -111,7 +111,7 @@ def _child(model_dir: Path, engine: str, side: int, steps: int, scheme: str, thr
 def restore_rss(model_dir: Path, megapixels: int, steps: str, work: Path) -> dict:
     """`sipl restore` of one synthetic photo of about ``megapixels`` MP, in a child process: wall time, peak RSS,
     and how many progress updates its tile bar wrote."""
-    from sipl.imageio import write_png_atomic
+    from sipl.data.imageio import write_png_atomic
 
     width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
     height = int(megapixels * 1e6 / width)

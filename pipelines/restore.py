@@ -32,7 +32,7 @@ def _max_pixels(value: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from sipl.imageio import DEFAULT_MAX_PIXELS
+    from sipl.data.imageio import DEFAULT_MAX_PIXELS
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, help="output folder (PNG files named after the inputs)")

@@ -34,7 +34,7 @@ def run(args) -> int:
     from sipl.train import fit, make_spec
 
     params = _with_overrides(load_params(args.params), args)
-    from sipl.shards import require_bucket
+    from sipl.data.shards import require_bucket
 
     # Before any work, and never created: a typo in a bucket name must not make storage appear.
     require_bucket(params.shards.root, f"{args.params} shards.root")

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
-# Same value as sipl.imageio.DEFAULT_MAX_PIXELS (Pillow's default limit); not imported so that loading params stays
+# Same value as sipl.data.imageio.DEFAULT_MAX_PIXELS (Pillow's default limit); not imported so that loading params stays
 # free of the image stack.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # The degradation head's class of undegraded input (identity training pairs); the other classes are the task names.
@@ -271,7 +271,7 @@ class EvalConfig(_Strict):
     sample_grid_images: int = Field(2, ge=1)
 
 
-# The paired layouts of sipl.benchmark_import.KINDS (not imported here: that module imports this one).
+# The paired layouts of sipl.data.benchmark_import.KINDS (not imported here: that module imports this one).
 BENCHMARK_KINDS = ("clean", "cbsd68", "kodak", "rain100l", "sots", "gopro", "lol", "cdd11")
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from sipl import classical, metrics
+from sipl.data.shards import Sample
 from sipl.selection import METRIC_KEYS, group_members
-from sipl.shards import Sample
 
 
 @dataclass

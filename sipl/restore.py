@@ -22,8 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sipl.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
 from sipl.errors import SiplError
-from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
 from sipl.tiling import tile_count, tile_spans
 
 AUTO_TILE = 512

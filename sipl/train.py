@@ -217,7 +217,7 @@ def accumulate_gradients(wrapped: torch.nn.Module, batches: list[dict[str, Any]]
     keeps one worker × accumulation equal to several workers; ``None`` uses torch's global generator.
 
     ``memory_format``: the layout the images are handed to the model in (the model's own, ``memory_format_of``)."""
-    from sipl.data import to_float
+    from sipl.data.loader import to_float
 
     def images(key: str) -> torch.Tensor:
         return to_float(batch[key], device).contiguous(memory_format=memory_format)
@@ -383,7 +383,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     ``session.report`` every ``checkpoint_every`` steps and at the end; on a non-finite loss the run stops
     without saving and the metrics carry ``"failed"`` (the step and the batch's sample keys)."""
     from sipl.config import parse_params
-    from sipl.data import StreamConfig, load_val, train_loader
+    from sipl.data.loader import StreamConfig, load_val, train_loader
     from sipl.models import build_model
     from sipl.schedule import learning_rate
 
@@ -579,9 +579,9 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     """Check the shards and derive everything the workers need (raises SiplError before any worker starts)."""
     from dataclasses import asdict
 
-    from sipl.data import check_shards, task_weights
+    from sipl.data.loader import check_shards, task_weights
+    from sipl.data.shards import is_remote, read_manifest
     from sipl.schedule import batch_plan
-    from sipl.shards import is_remote, read_manifest
 
     from sipl.models.registry import check_arguments
 

@@ -14,13 +14,13 @@ import torch
 import yaml
 from PIL import Image
 
-from sipl import benchmarks
-from sipl.benchmark_import import KINDS
 from sipl.cli import main
 from sipl.config import BenchmarkConfig, ConfigError, load_params, parse_params
+from sipl.data import benchmarks
+from sipl.data.benchmark_import import KINDS
+from sipl.data.shards import iter_samples, shard_urls
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
-from sipl.shards import iter_samples, shard_urls
 from tests.test_evaluate import TASKS, write_params, write_tiny_model, write_tiny_shards
 
 torch.set_num_threads(1)

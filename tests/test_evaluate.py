@@ -13,9 +13,10 @@ import yaml
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
-from sipl import evaluate, shards
+from sipl import evaluate
 from sipl.checkpoint import save_model
 from sipl.cli import main
+from sipl.data import shards
 from sipl.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]

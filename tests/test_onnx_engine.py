@@ -122,7 +122,7 @@ def test_engine_and_device_choices_are_checked(head_model):
 def test_restore_reports_an_estimate_and_moves_a_tile_bar(head_runner, tmp_path, capsys):
     image = (np.random.default_rng(6).random((150, 200, 3)) * 255).astype(np.uint8)
     source = tmp_path / "photo.png"
-    from sipl.imageio import write_png_atomic
+    from sipl.data.imageio import write_png_atomic
 
     write_png_atomic(image, source)
     plan = restore.plan([str(source)], tmp_path / "out")

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from sipl.config import parse_params
+from sipl.data.shards import iter_samples, read_manifest, shard_urls
+from sipl.data.sources import assign_splits
+from sipl.data.synthesize import crop_boxes, synthesize
 from sipl.errors import SiplError
-from sipl.shards import iter_samples, read_manifest, shard_urls
-from sipl.sources import assign_splits
-from sipl.synthesize import crop_boxes, synthesize
 
 
 def _photo(seed: int, size=(72, 88)) -> np.ndarray:
