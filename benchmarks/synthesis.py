@@ -5,11 +5,11 @@ Prints, measured in one run:
 2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
    PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
    as a ratio. Goal: shards >= 2x the folder baseline. The same shards are also read with a paired crop + one of the
-   8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.data.augment``) and once
-   through the training loader's albumentations pair pipeline (``sipl.data.augment.PairAugment``, seeded per sample), as
-   a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
-3. the training stream (``sipl.data.loader.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
-   shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
+   8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.data.augment``) and
+   once through the training loader's albumentations pair pipeline (``sipl.data.augment.PairAugment``, seeded per
+   sample), as a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
+3. the training stream (``sipl.data.loader.TrainStream``, one process, patch 96, every task of ``params.yaml``)
+   reading the shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
 Run: ``.venv/bin/python benchmarks/synthesis.py [--pairs 600] [--epochs 3]``.
 """

@@ -30,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import sipl
-    from sipl import evaluate, metrics
     from sipl.checkpoint import write_json_atomic, write_text_atomic
     from sipl.config import load_params
     from sipl.data import benchmarks, shards
     from sipl.data.imageio import write_png_atomic
     from sipl.errors import SiplError
+    from sipl.evaluation import evaluate, metrics
 
     from sipl.outputs import writable_dir
 

@@ -155,7 +155,7 @@ def restore_array(model: Any, image: np.ndarray, steps: int, scheme: str, tile: 
     Returns:
         uint8 H x W x 3 RGB (output clipped to [0, 1] and rounded).
     """
-    from sipl.evaluate import to_tensor
+    from sipl.evaluation.evaluate import to_tensor
     from sipl.refine import refine
 
     x = to_tensor(image)

@@ -176,7 +176,7 @@ def restore_for_validation(model: torch.nn.Module, lq: torch.Tensor) -> tuple[to
 def validate(model: torch.nn.Module, val_sets: dict[str, list[tuple[np.ndarray, np.ndarray]]],
              device: torch.device, batch: int = 8) -> dict[str, dict[str, float]]:
     """PSNR (RGB, clipped to [0,1]) per task: ``{"psnr"`` (step 1), ``"step0_psnr"``, ``"input_psnr"}``."""
-    from sipl.metrics import psnr
+    from sipl.evaluation.metrics import psnr
 
     was_training = model.training
     model.eval()

@@ -153,7 +153,7 @@ def test_benchmarks_json_holds_every_set_at_the_selected_setting(run_dir):
 
 
 def test_selection_ignores_the_benchmark_sets(run_dir):
-    from sipl import selection
+    from sipl.evaluation import selection
 
     steps = json.loads((run_dir / "metrics/eval_steps.json").read_text())
     without = {key: value for key, value in steps.items() if key != "benchmarks"}

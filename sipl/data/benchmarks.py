@@ -277,5 +277,5 @@ def verified_tasks(root: str, name: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def samples_by_task(root: str, name: str) -> dict[str, tuple[str, Iterator[Sample]]]:
-    """task -> (family, sample iterator) of a verified set, the input of ``sipl.evaluate.evaluate_split``."""
+    """task -> (family, sample iterator) of a verified set, the input of ``sipl.evaluation.evaluate.evaluate_split``."""
     return {task: (family, iter_samples(urls)) for task, (family, urls) in verified_tasks(root, name).items()}

@@ -1,8 +1,8 @@
 """Clean-image sources: the embedded default (photos shipped inside pip packages), a local folder, an s3:// prefix.
 
-Every source yields ``SourceImage`` records; decoding happens through ``sipl.data.imageio.decode_rgb`` so EXIF orientation
-and mode conversions are handled the same way everywhere. Unreadable files are reported, never fatal on their own:
-the caller lists them in ``skipped.json``. Nothing in a source is ever modified.
+Every source yields ``SourceImage`` records; decoding happens through ``sipl.data.imageio.decode_rgb`` so EXIF
+orientation and mode conversions are handled the same way everywhere. Unreadable files are reported, never fatal on
+their own: the caller lists them in ``skipped.json``. Nothing in a source is ever modified.
 """
 
 from __future__ import annotations

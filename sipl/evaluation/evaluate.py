@@ -1,11 +1,11 @@
 """Scoring refinement steps 0..K on the val/test shards (the ``evaluate`` stage).
 
 For every image the refinement chain runs once per scheme up to ``refine.max_steps``; each yielded step is scored
-as it comes (RGB and Y PSNR/SSIM, see ``sipl.metrics``) together with the cumulative model time to reach it. The
-degraded input and, where the family has one, a classical baseline (``sipl.classical``) are scored too. Per-task
-values are plain means over images; group values are plain means over tasks. A model with a degradation head also
-classifies every input as ``sipl restore`` does; each task records how often the predicted class is the task itself
-(``accuracy``) or one of its family (``family_accuracy``).
+as it comes (RGB and Y PSNR/SSIM, see ``sipl.evaluation.metrics``) together with the cumulative model time to reach
+it. The degraded input and, where the family has one, a classical baseline (``sipl.evaluation.classical``) are scored
+too. Per-task values are plain means over images; group values are plain means over tasks. A model with a degradation
+head also classifies every input as ``sipl restore`` does; each task records how often the predicted class is the
+task itself (``accuracy``) or one of its family (``family_accuracy``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from sipl import classical, metrics
 from sipl.data.shards import Sample
-from sipl.selection import METRIC_KEYS, group_members
+from sipl.evaluation import classical, metrics
+from sipl.evaluation.selection import METRIC_KEYS, group_members
 
 
 @dataclass
