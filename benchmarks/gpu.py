@@ -122,7 +122,7 @@ def inference_times(model_args: dict, side: int, max_steps: int, repeats: int, d
     """Seconds per 1×3×side×side image: plain backbone forward, one SIPL pass, and the cumulative time of the
     refinement chain after each step 0..max_steps per scheme (medians of ``repeats`` after one warm-up)."""
     from sipl.models import build_model
-    from sipl.refine import refine
+    from sipl.models.refine import refine
 
     torch.manual_seed(0)
     sipl_model = build_model(**{**model_args, "sipl": True}).to(device).eval()

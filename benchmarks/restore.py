@@ -48,9 +48,9 @@ def export_tiny_model(directory: Path) -> None:
     depend on the weights."""
     import torch
 
-    from sipl.checkpoint import save_model
     from sipl.config import CLEAN_CLASS, load_params
     from sipl.models import build_model
+    from sipl.models.files import save_model
 
     params = load_params(REPO / "params.yaml")
     profile = params.profiles[params.profile]

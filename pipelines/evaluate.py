@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import sipl
-    from sipl.checkpoint import write_json_atomic, write_text_atomic
+    from sipl.atomic_files import write_json_atomic, write_text_atomic
     from sipl.config import load_params
     from sipl.data import benchmarks, shards
     from sipl.data.imageio import write_png_atomic

@@ -29,9 +29,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sipl.checkpoint import (export_weights, load_training_state, save_model, save_training_state,
-                             write_json_atomic, write_text_atomic)
+from sipl.atomic_files import write_json_atomic, write_text_atomic
+from sipl.checkpoint import export_weights, load_training_state, save_training_state
 from sipl.errors import SiplError
+from sipl.models.files import save_model
 from sipl.seeding import derive_seed
 
 log = logging.getLogger("sipl.train")

@@ -13,11 +13,11 @@ import yaml
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
-from sipl.checkpoint import save_model
 from sipl.cli import main
 from sipl.data import shards
 from sipl.evaluation import evaluate
 from sipl.models import build_model
+from sipl.models.files import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"denoise_25": "noise", "dehaze": "haze", "derain": "rain"}

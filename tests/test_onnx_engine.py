@@ -10,9 +10,9 @@ from sipl import restore
 from sipl.errors import SiplError
 from sipl.models import build_model
 from sipl.models import onnx_engine
+from sipl.models.refine import predict_degradation, refine
 from sipl.models.runtime import for_inference
-from sipl.refine import predict_degradation, refine
-from sipl.tiling import tile_count
+from sipl.models.tiling import tile_count
 
 TOLERANCE = 1e-4  # measured differences are ~1e-6 (float32 rounding of a different operator order)
 SMALL = {"width": 8, "enc_blocks": (1, 1, 1), "middle_blocks": 1, "dec_blocks": (1, 1, 1)}

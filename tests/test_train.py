@@ -166,7 +166,7 @@ def test_training_decreases_loss_and_exports(shard_root, tmp_path):
     columns = csv[0].split(",")
     assert columns[:2] == ["step", "loss"] and len(csv) >= 5
     assert {"loss_main", "loss_preliminary", "lr", "val_psnr"} <= set(columns)
-    from sipl.checkpoint import load_model
+    from sipl.models.files import load_model
 
     model, meta = load_model(tmp_path / "out" / "models")
     assert meta["weights"] == "ema" and meta["training"]["steps"] == 14 and meta["profile"] == "tiny"

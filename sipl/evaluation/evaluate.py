@@ -85,12 +85,12 @@ def evaluate_sample(model: torch.nn.Module, sample: Sample, acc: TaskAccumulator
                     tile: int | None, tile_overlap: int, use_classical: bool,
                     keep_scheme: str | None = None) -> list[np.ndarray] | None:
     """Score one sample into ``acc``; return the ``keep_scheme`` outputs of steps 0..K (uint8) when asked."""
-    from sipl.refine import refine
+    from sipl.models.refine import refine
 
     lq, gt = to_tensor(sample.lq), to_tensor(sample.gt)
     acc.images += 1
     if getattr(model, "degradation_classes", None):
-        from sipl.refine import predict_degradation
+        from sipl.models.refine import predict_degradation
 
         label = predict_degradation(model, sample.lq)
         acc.predicted[label] = acc.predicted.get(label, 0) + 1

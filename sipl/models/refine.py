@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sipl.errors import SiplError
-from sipl.tiling import tiled_map
+from sipl.models.tiling import tiled_map
 
 SCHEMES = ("official", "anchored")
 # The degradation head classifies a centre crop of at most this side: cropping (unlike resizing) keeps the noise
