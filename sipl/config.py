@@ -157,8 +157,10 @@ class LossConfig(_Strict):
     l1: float = Field(1.0, ge=0.0)
     charbonnier: float = Field(0.0, ge=0.0)
     fft: float = Field(0.0, ge=0.0)
-    psnr: float = Field(0.0, ge=0.0, description="weight of the per-image log10(MSE) loss (sipl.losses.psnr_loss)")
-    rmse: float = Field(0.0, ge=0.0, description="weight of the per-image sqrt(MSE) loss (sipl.losses.rmse_loss)")
+    psnr: float = Field(0.0, ge=0.0, description=(
+        "weight of the per-image log10(MSE) loss (sipl.training.losses.psnr_loss)"))
+    rmse: float = Field(0.0, ge=0.0, description=(
+        "weight of the per-image sqrt(MSE) loss (sipl.training.losses.rmse_loss)"))
     preliminary: float = Field(0.5, ge=0.0, description="weight of the loss on the dictionary-only restoration")
     degradation: float = Field(0.0, ge=0.0, description=(
         "weight of the degradation head's cross-entropy against each sample's task (model.degradation_head)"))

@@ -12,9 +12,9 @@ import torch
 
 from sipl.config import parse_params
 from sipl.errors import SiplError
-from sipl.losses import charbonnier, fft_l1, l1, pixel_loss
-from sipl.schedule import batch_plan, learning_rate
-from sipl.train import LocalSession, Throughput, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from sipl.training.loop import LocalSession, Throughput, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from sipl.training.losses import charbonnier, fft_l1, l1, pixel_loss
+from sipl.training.schedule import batch_plan, learning_rate
 from tests.test_data import make_shards, tiny_params
 
 torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def test_losses():
 
 
 def test_psnr_loss_is_the_mean_per_image_psnr():
-    from sipl.losses import psnr_loss
+    from sipl.training.losses import psnr_loss
 
     target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
@@ -76,7 +76,7 @@ def test_psnr_loss_is_the_mean_per_image_psnr():
 
 
 def test_rmse_loss_pulls_every_image_equally_hard():
-    from sipl.losses import rmse_loss
+    from sipl.training.losses import rmse_loss
 
     target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
@@ -110,7 +110,7 @@ def test_global_batch_invariance(options, channels_last):
     """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients), in
     either memory layout and optimiser kernel of the trainer."""
     from sipl.models import build_model
-    from sipl.train import to_memory_format
+    from sipl.training.loop import to_memory_format
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     fused = True if channels_last else None
@@ -173,7 +173,7 @@ def test_training_decreases_loss_and_exports(shard_root, tmp_path):
 
 
 def metrics_history(session):
-    from sipl.checkpoint import read_training_state
+    from sipl.training.checkpoint import read_training_state
 
     return read_training_state(session.latest_checkpoint())[1]["history"]
 
@@ -201,7 +201,7 @@ def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
         value = (pred - target).abs().mean()
         return value * float("nan") if calls["n"] > 5 else value
 
-    monkeypatch.setattr("sipl.losses.from_config", lambda cfg: exploding)
+    monkeypatch.setattr("sipl.training.losses.from_config", lambda cfg: exploding)
     params = _params(shard_root, steps=6, checkpoint_every=1, loss={"l1": 1.0, "preliminary": 0.0})
     session = LocalSession(tmp_path / "ckpt")
     metrics = train_worker(make_spec(params, num_workers=1), 0, 1, session)
@@ -254,7 +254,7 @@ def test_cli_check_and_errors(shard_root, tmp_path, capsys):
 
 
 def test_root_message_skips_quoted_source_lines():
-    from sipl.train import _root_message
+    from sipl.training.loop import _root_message
 
     text = ("Training failed due to worker errors:\n"
             "    self._handler(task)(SiplError(f\"sample {item.get('__key__')}: {error}\"))\n"

@@ -4,7 +4,7 @@
   free-form metadata (JSON); ``selection.json`` written by ``sipl select`` is merged in, checked by
   ``check_selection``.
 - ``save_tensors_atomic`` / ``read_json``: the safetensors writer and JSON reader that training checkpoints
-  (``sipl.checkpoint``) share with the model files.
+  (``sipl.training.checkpoint``) share with the model files.
 
 Files are written under a temporary name and renamed, so a reader never sees a partial file.
 """

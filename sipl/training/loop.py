@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from sipl.atomic_files import write_json_atomic, write_text_atomic
-from sipl.checkpoint import export_weights, load_training_state, save_training_state
 from sipl.errors import SiplError
 from sipl.models.files import save_model
 from sipl.seeding import derive_seed
+from sipl.training.checkpoint import export_weights, load_training_state, save_training_state
 
 log = logging.getLogger("sipl.train")
 
@@ -79,7 +79,7 @@ class _StepModule(torch.nn.Module):
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
     """The training step of a ``sipl.config.TrainConfig`` recipe (loss terms and SIPL step options) for ``model``."""
-    from sipl.losses import from_config
+    from sipl.training.losses import from_config
 
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
                        random_proxy=cfg.random_proxy, self_privileged=cfg.self_privileged,
@@ -386,7 +386,7 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     from sipl.config import parse_params
     from sipl.data.loader import StreamConfig, load_val, train_loader
     from sipl.models import build_model
-    from sipl.schedule import learning_rate
+    from sipl.training.schedule import learning_rate
 
     params = parse_params(spec["params"], source="train spec")
     cfg, model_cfg = params.train, params.model
@@ -582,7 +582,7 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
 
     from sipl.data.loader import check_shards, task_weights
     from sipl.data.shards import is_remote, read_manifest
-    from sipl.schedule import batch_plan
+    from sipl.training.schedule import batch_plan
 
     from sipl.models.registry import check_arguments
 
