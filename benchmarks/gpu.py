@@ -4,7 +4,7 @@ safetensors; no data, no Ray).
 Measures, for a profile of ``params.yaml`` (default ``paper``: PromptIR at the paper size):
 
 1. training steps/s at the profile's global batch and patch with bf16 autocast (the profile's ``bf16``), using the
-   trainer's own step (``sipl.training.loop.step_module_for``, ``accumulate_gradients``, AdamW, gradient clipping,
+   trainer's own step (``sipl.training.step.step_module_for``, ``accumulate_gradients``, AdamW, gradient clipping,
    EMA), for the plain backbone, the profile's SIPL recipe and the cheaper ``ground_truth`` + ``preliminary_share``
    recipe; when a global batch does not fit, it halves the micro-batch and accumulates (as the trainer does with
    ``max_worker_batch``) and says so;
@@ -49,7 +49,7 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
     ``recipe`` is a ``sipl.config.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed through
     the trainer's own conversion, so the step is the trainer's step minus data loading."""
     from sipl.models import build_model
-    from sipl.training.loop import (accumulate_gradients, build_optimizer, ema_update, memory_format_of,
+    from sipl.training.step import (accumulate_gradients, build_optimizer, ema_update, memory_format_of,
                                     step_module_for, to_memory_format)
 
     torch.manual_seed(0)

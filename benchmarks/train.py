@@ -1,7 +1,7 @@
 """Training benchmark (CPU): Ray Train scaling, SIPL vs plain step time, achieved GFLOP/s vs matmul GFLOP/s.
 
 Measured in one run:
-1. samples/s of the real ``sipl.training.loop.fit`` path (Ray Train, data streaming, DDP) with 1 and 2 workers
+1. samples/s of the real ``sipl.training.launcher.fit`` path (Ray Train, data streaming, DDP) with 1 and 2 workers
    × 1 CPU × 1 thread, each worker training on the profile's per-worker batch (goal: 2 workers ≥ 1.8× on 2 cores), in
    ``--repeats`` alternating 1-worker / 2-worker pairs whose median ratio is the figure (one pair's ratio spreads
    about ±10 % on a shared 2-core machine), and, for reference, 1 worker on the 2-worker global batch (strong
@@ -101,7 +101,7 @@ class TrainerStep:
 
     def __init__(self, model_args: dict, recipe, batch: int, patch: int, seed: int = 0) -> None:
         from sipl.models import build_model
-        from sipl.training.loop import build_optimizer, memory_format_of, step_module_for, to_memory_format
+        from sipl.training.step import build_optimizer, memory_format_of, step_module_for, to_memory_format
 
         torch.manual_seed(seed)
         layout = memory_format_of(recipe)
@@ -289,7 +289,7 @@ def ddp_throughput(data: _BenchmarkData, steps: int, worker_batch: int) -> dict[
 
     import torch.multiprocessing as mp
 
-    from sipl.training.loop import make_spec
+    from sipl.training.launcher import make_spec
 
     out = {}
     for world in (1, 2):
@@ -306,14 +306,14 @@ def ddp_throughput(data: _BenchmarkData, steps: int, worker_batch: int) -> dict[
 
 def ray_throughput(data: _BenchmarkData, runs: list[tuple[int, int]], steps: int,
                    loader_workers: int) -> list[float]:
-    """samples/s of ``sipl.training.loop.fit`` for each ``(workers, global batch)`` of ``runs``, in that order
+    """samples/s of ``sipl.training.launcher.fit`` for each ``(workers, global batch)`` of ``runs``, in that order
     (same params and steps otherwise; each Ray worker gets one CPU, one torch thread and ``loader_workers`` DataLoader
     processes)."""
     import shutil
 
     import ray
 
-    from sipl.training.loop import fit
+    from sipl.training.launcher import fit
 
     out = []
     for count, global_batch in runs:

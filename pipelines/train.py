@@ -31,7 +31,7 @@ def _with_overrides(params, args):
 def run(args) -> int:
     apply_quiet_defaults()
     from sipl.config import load_params
-    from sipl.training.loop import fit, make_spec
+    from sipl.training.launcher import fit, make_spec
 
     params = _with_overrides(load_params(args.params), args)
     from sipl.data.shards import require_bucket

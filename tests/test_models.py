@@ -393,7 +393,7 @@ def test_channels_last_model_stays_channels_last_and_matches(name):
     whose channels are the innermost axis (none falls back to N×C×H×W and pays the copies, the slower convolutions
     and, in the fusion blocks, attention by batched matmuls instead of the fused kernel)."""
     from sipl.models.common import LayerNorm2d
-    from sipl.training.loop import to_memory_format
+    from sipl.training.step import to_memory_format
 
     torch.manual_seed(0)
     model = build_model(name, "tiny", sipl=True).eval()

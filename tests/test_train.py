@@ -12,9 +12,12 @@ import torch
 
 from sipl.config import parse_params
 from sipl.errors import SiplError
-from sipl.training.loop import LocalSession, Throughput, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from sipl.training.launcher import export, make_spec
+from sipl.training.loop import Throughput, train_worker
 from sipl.training.losses import charbonnier, fft_l1, l1, pixel_loss
 from sipl.training.schedule import batch_plan, learning_rate
+from sipl.training.sessions import LocalSession
+from sipl.training.step import _StepModule, accumulate_gradients
 from tests.test_data import make_shards, tiny_params
 
 torch.set_num_threads(1)
@@ -110,7 +113,7 @@ def test_global_batch_invariance(options, channels_last):
     """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients), in
     either memory layout and optimiser kernel of the trainer."""
     from sipl.models import build_model
-    from sipl.training.loop import to_memory_format
+    from sipl.training.step import to_memory_format
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     fused = True if channels_last else None
@@ -254,7 +257,7 @@ def test_cli_check_and_errors(shard_root, tmp_path, capsys):
 
 
 def test_root_message_skips_quoted_source_lines():
-    from sipl.training.loop import _root_message
+    from sipl.training.launcher import _root_message
 
     text = ("Training failed due to worker errors:\n"
             "    self._handler(task)(SiplError(f\"sample {item.get('__key__')}: {error}\"))\n"
