@@ -48,7 +48,8 @@ def export_tiny_model(directory: Path) -> None:
     depend on the weights."""
     import torch
 
-    from sipl.config import CLEAN_CLASS, load_params
+    from sipl.config import load_params
+    from sipl.config.profiles import CLEAN_CLASS
     from sipl.models import build_model
     from sipl.models.files import save_model
 

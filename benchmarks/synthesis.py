@@ -38,7 +38,7 @@ CROP = 128
 
 def _clean_images(count: int, size: int = 256) -> list[np.ndarray]:
     """Crops of the embedded photos (so content is natural, not noise)."""
-    from sipl.config import SourceConfig
+    from sipl.config.sections import SourceConfig
     from sipl.data.sources import load_sources
 
     photos, _ = load_sources([SourceConfig()])

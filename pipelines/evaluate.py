@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     # The grids come from the reporting split: test when evaluated, else the last split.
     grid_split = "test" if "test" in params.eval.splits else params.eval.splits[-1]
 
-    from sipl.config import CLEAN_CLASS
+    from sipl.config.profiles import CLEAN_CLASS
 
     class_families = {CLEAN_CLASS: CLEAN_CLASS, **{name: task.family for name, task in params.tasks.items()}}
 

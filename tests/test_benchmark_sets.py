@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from sipl.cli import main
-from sipl.config import BenchmarkConfig, ConfigError, load_params, parse_params
+from sipl.config import ConfigError, load_params, parse_params
+from sipl.config.sections import BenchmarkConfig
 from sipl.data import benchmarks
 from sipl.data.benchmark_import import KINDS
 from sipl.data.shards import iter_samples, shard_urls

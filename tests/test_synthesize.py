@@ -138,7 +138,7 @@ def test_split_assignment_is_stable_and_per_group():
 
 
 def test_crop_boxes_follow_the_field_convention():
-    from sipl.config import SplitCropConfig
+    from sipl.config.sections import SplitCropConfig
 
     assert crop_boxes((481, 321, 3), SplitCropConfig(size=None, multiple=16), None) == [(0, 0, 480, 320)]
     assert crop_boxes((600, 900, 3), SplitCropConfig(size=None, max_side=256), None) == [(172, 322, 256, 256)]

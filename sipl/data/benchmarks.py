@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from sipl.config import DEFAULT_MAX_PIXELS
+from sipl.config.sections import DEFAULT_MAX_PIXELS
 from sipl.data.shards import MANIFEST, SKIPPED, Sample, iter_samples, join, read_bytes, sha256_bytes
 from sipl.errors import SiplError
 

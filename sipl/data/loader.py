@@ -287,7 +287,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         """``head_samples`` crops of ``clean`` (the sample's clean image after its content draw), each through the
         pipeline ``heads`` (crop, orientation, tone, degradation) with its own seed derived from the sample's, and
         degraded by a uniformly drawn task or left clean."""
-        from sipl.config import CLEAN_CLASS
+        from sipl.config.profiles import CLEAN_CLASS
 
         lqs, gts, labels = [], [], []
         for index in range(self.config.head_samples):

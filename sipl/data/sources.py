@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from sipl.config import SourceConfig
+from sipl.config.sections import SourceConfig
 from sipl.data.imageio import decode_rgb
 from sipl.errors import SiplError
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from sipl.config import Params, SplitCropConfig, TaskConfig
+from sipl.config import Params
+from sipl.config.sections import SplitCropConfig, TaskConfig
 from sipl.data.shards import (MANIFEST, SKIPPED, SPLITS, Sample, is_remote, join, sample_key, write_json,
                          write_task_shards)
 from sipl.data.sources import SourceImage, Skipped, assign_splits, load_sources

@@ -48,7 +48,7 @@ class _StepModule(torch.nn.Module):
 
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
-    """The training step of a ``sipl.config.TrainConfig`` recipe (loss terms and SIPL step options) for ``model``."""
+    """The training step of a ``sipl.config.profiles.TrainConfig`` recipe (loss terms and SIPL step options) for ``model``."""
     from sipl.training.losses import from_config
 
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
@@ -82,7 +82,7 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
 def degradation_labels(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
     """Class index (into ``model.degradation_classes``) of every sample of a batch: ``"clean"`` for identity pairs
     (keys ending in ``#clean``), else the sample's task; None when the model has no degradation head."""
-    from sipl.config import CLEAN_CLASS
+    from sipl.config.profiles import CLEAN_CLASS
 
     classes = list(getattr(model, "degradation_classes", None) or [])
     if not classes:
