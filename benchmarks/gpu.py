@@ -46,8 +46,8 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
                  warmup: int, device: torch.device, bf16: bool) -> dict:
     """Median time of optimiser steps of ``global_batch`` samples split into micro-batches of ``micro_batch``.
 
-    ``recipe`` is a ``sipl.config.profiles.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed through
-    the trainer's own conversion, so the step is the trainer's step minus data loading."""
+    ``recipe`` is a ``sipl.config.profiles.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed
+    through the trainer's own conversion, so the step is the trainer's step minus data loading."""
     from sipl.models import build_model
     from sipl.training.step import (accumulate_gradients, build_optimizer, ema_update, memory_format_of,
                                     step_module_for, to_memory_format)

@@ -48,7 +48,8 @@ class _StepModule(torch.nn.Module):
 
 
 def step_module_for(model: torch.nn.Module, cfg) -> _StepModule:
-    """The training step of a ``sipl.config.profiles.TrainConfig`` recipe (loss terms and SIPL step options) for ``model``."""
+    """The training step of a ``sipl.config.profiles.TrainConfig`` recipe (loss terms and SIPL step options) for
+    ``model``."""
     from sipl.training.losses import from_config
 
     return _StepModule(model, from_config(cfg.loss), preliminary_weight=cfg.loss.preliminary,
