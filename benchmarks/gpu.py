@@ -4,9 +4,9 @@ safetensors; no data, no Ray).
 Measures, for a profile of ``params.yaml`` (default ``paper``: PromptIR at the paper size):
 
 1. training steps/s at the profile's global batch and patch with bf16 autocast (the profile's ``bf16``), using the
-   trainer's own step (``sipl.train.step_module_for``, ``accumulate_gradients``, AdamW, gradient clipping, EMA), for
-   the plain backbone, the profile's SIPL recipe and the cheaper ``ground_truth`` + ``preliminary_share`` recipe;
-   when a global batch does not fit, it halves the micro-batch and accumulates (as the trainer does with
+   trainer's own step (``sipl.training.step.step_module_for``, ``accumulate_gradients``, AdamW, gradient clipping,
+   EMA), for the plain backbone, the profile's SIPL recipe and the cheaper ``ground_truth`` + ``preliminary_share``
+   recipe; when a global batch does not fit, it halves the micro-batch and accumulates (as the trainer does with
    ``max_worker_batch``) and says so;
 2. peak GPU memory of each (``torch.cuda.max_memory_allocated``);
 3. the refinement chain's cumulative time per 256×256 image for steps 0..K under each scheme, next to the plain
@@ -46,11 +46,11 @@ def train_recipe(model_args: dict, recipe, global_batch: int, micro_batch: int, 
                  warmup: int, device: torch.device, bf16: bool) -> dict:
     """Median time of optimiser steps of ``global_batch`` samples split into micro-batches of ``micro_batch``.
 
-    ``recipe`` is a ``sipl.config.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed through
-    the trainer's own conversion, so the step is the trainer's step minus data loading."""
+    ``recipe`` is a ``sipl.config.profiles.TrainConfig``; inputs are random uint8 patches (N×patch×patch×3) fed
+    through the trainer's own conversion, so the step is the trainer's step minus data loading."""
     from sipl.models import build_model
-    from sipl.train import (accumulate_gradients, build_optimizer, ema_update, memory_format_of, step_module_for,
-                            to_memory_format)
+    from sipl.training.step import (accumulate_gradients, build_optimizer, ema_update, memory_format_of,
+                                    step_module_for, to_memory_format)
 
     torch.manual_seed(0)
     memory_format = memory_format_of(recipe)
@@ -122,7 +122,7 @@ def inference_times(model_args: dict, side: int, max_steps: int, repeats: int, d
     """Seconds per 1×3×side×side image: plain backbone forward, one SIPL pass, and the cumulative time of the
     refinement chain after each step 0..max_steps per scheme (medians of ``repeats`` after one warm-up)."""
     from sipl.models import build_model
-    from sipl.refine import refine
+    from sipl.models.refine import refine
 
     torch.manual_seed(0)
     sipl_model = build_model(**{**model_args, "sipl": True}).to(device).eval()

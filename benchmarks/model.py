@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sipl.models import BACKBONES, build_model
-from sipl.refine import refine
+from sipl.models.refine import refine
 
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -48,9 +48,10 @@ def export_tiny_model(directory: Path) -> None:
     depend on the weights."""
     import torch
 
-    from sipl.checkpoint import save_model
-    from sipl.config import CLEAN_CLASS, load_params
+    from sipl.config import load_params
+    from sipl.config.profiles import CLEAN_CLASS
     from sipl.models import build_model
+    from sipl.models.files import save_model
 
     params = load_params(REPO / "params.yaml")
     profile = params.profiles[params.profile]
@@ -111,7 +112,7 @@ def _child(model_dir: Path, engine: str, side: int, steps: int, scheme: str, thr
 def restore_rss(model_dir: Path, megapixels: int, steps: str, work: Path) -> dict:
     """`sipl restore` of one synthetic photo of about ``megapixels`` MP, in a child process: wall time, peak RSS,
     and how many progress updates its tile bar wrote."""
-    from sipl.imageio import write_png_atomic
+    from sipl.data.imageio import write_png_atomic
 
     width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
     height = int(megapixels * 1e6 / width)

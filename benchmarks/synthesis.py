@@ -5,11 +5,11 @@ Prints, measured in one run:
 2. training-read throughput of our shards (WebDataset + DataLoader, 2 workers, random 128 crops) next to a
    PromptIR-style dataset (a folder of PNGs, PIL decode, Gaussian noise added on the fly, same crops and workers),
    as a ratio. Goal: shards >= 2x the folder baseline. The same shards are also read with a paired crop + one of the
-   8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.augment``) and once
-   through the training loader's albumentations pair pipeline (``sipl.augment.PairAugment``, seeded per sample), as
-   a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
-3. the training stream (``sipl.data.TrainStream``, one process, patch 96, every task of ``params.yaml``) reading the
-   shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
+   8 flips/rotations, once hand-written in NumPy (what the training loader did before ``sipl.data.augment``) and
+   once through the training loader's albumentations pair pipeline (``sipl.data.augment.PairAugment``, seeded per
+   sample), as a ratio in alternating epochs, and the CPU time per sample of the two alone in one process;
+3. the training stream (``sipl.data.loader.TrainStream``, one process, patch 96, every task of ``params.yaml``)
+   reading the shards' stored lq next to degrading every clean crop afresh (``train.fresh_degradations``), as a ratio.
 
 Run: ``.venv/bin/python benchmarks/synthesis.py [--pairs 600] [--epochs 3]``.
 """
@@ -31,15 +31,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import degradations  # noqa: E402
-from sipl.shards import Sample, decode_sample, sample_key, write_task_shards  # noqa: E402
+from sipl.data.shards import Sample, decode_sample, sample_key, write_task_shards  # noqa: E402
 
 CROP = 128
 
 
 def _clean_images(count: int, size: int = 256) -> list[np.ndarray]:
     """Crops of the embedded photos (so content is natural, not noise)."""
-    from sipl.config import SourceConfig
-    from sipl.sources import load_sources
+    from sipl.config.sections import SourceConfig
+    from sipl.data.sources import load_sources
 
     photos, _ = load_sources([SourceConfig()])
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ class _PipelineCrops:
     """The training loader's paired augmentation (albumentations), seeded by a running sample count."""
 
     def __init__(self):
-        from sipl.augment import PairAugment
+        from sipl.data.augment import PairAugment
 
         self.augment, self.count = PairAugment(CROP), 0
 
@@ -198,7 +198,7 @@ def bench_stream(images: list[np.ndarray], count: int = 1500, patch: int = 96) -
     """samples/s of ``TrainStream`` over shards of 128² crops of ``images`` for every task of params.yaml: (stored
     lq, fresh degradations)."""
     from sipl.config import load_params
-    from sipl.data import StreamConfig, TrainStream, task_weights
+    from sipl.data.loader import StreamConfig, TrainStream, task_weights
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     rates = []

@@ -1,8 +1,8 @@
 """Training benchmark (CPU): Ray Train scaling, SIPL vs plain step time, achieved GFLOP/s vs matmul GFLOP/s.
 
 Measured in one run:
-1. samples/s of the real ``sipl.train.fit`` path (Ray Train, data streaming, DDP) with 1 and 2 workers × 1 CPU ×
-   1 thread, each worker training on the profile's per-worker batch (goal: 2 workers ≥ 1.8× on 2 cores), in
+1. samples/s of the real ``sipl.training.launcher.fit`` path (Ray Train, data streaming, DDP) with 1 and 2 workers
+   × 1 CPU × 1 thread, each worker training on the profile's per-worker batch (goal: 2 workers ≥ 1.8× on 2 cores), in
    ``--repeats`` alternating 1-worker / 2-worker pairs whose median ratio is the figure (one pair's ratio spreads
    about ±10 % on a shared 2-core machine), and, for reference, 1 worker on the 2-worker global batch (strong
    scaling);
@@ -12,7 +12,7 @@ Measured in one run:
    and the process's CPU time, which another load on the machine does not inflate;
 3. the FLOPs of a SIPL training step (torch's FlopCounterMode) divided by its time, next to the machine's
    single-thread float32 matmul GFLOP/s (goal: ≥ 40 %);
-4. the same training loop (``sipl.train.train_worker``: data streaming, DDP, optimiser) in 1 and 2 plain
+4. the same training loop (``sipl.training.loop.train_worker``: data streaming, DDP, optimiser) in 1 and 2 plain
    ``torch.distributed`` (gloo) processes without Ray, which separates what the loop costs from what Ray costs;
 5. the ceiling the machine itself puts on part 1: the same SIPL step timed in one process alone and in two
    processes at once (1 thread each, no Ray, no communication, identical work). Cores that share caches, memory
@@ -101,7 +101,7 @@ class TrainerStep:
 
     def __init__(self, model_args: dict, recipe, batch: int, patch: int, seed: int = 0) -> None:
         from sipl.models import build_model
-        from sipl.train import build_optimizer, memory_format_of, step_module_for, to_memory_format
+        from sipl.training.step import build_optimizer, memory_format_of, step_module_for, to_memory_format
 
         torch.manual_seed(seed)
         layout = memory_format_of(recipe)
@@ -223,7 +223,7 @@ class _DDPSession:
 def _ddp_rank(rank: int, world: int, port: int, spec: dict, results) -> None:
     import torch.distributed as dist
 
-    from sipl.train import train_worker
+    from sipl.training.loop import train_worker
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
@@ -289,7 +289,7 @@ def ddp_throughput(data: _BenchmarkData, steps: int, worker_batch: int) -> dict[
 
     import torch.multiprocessing as mp
 
-    from sipl.train import make_spec
+    from sipl.training.launcher import make_spec
 
     out = {}
     for world in (1, 2):
@@ -306,13 +306,14 @@ def ddp_throughput(data: _BenchmarkData, steps: int, worker_batch: int) -> dict[
 
 def ray_throughput(data: _BenchmarkData, runs: list[tuple[int, int]], steps: int,
                    loader_workers: int) -> list[float]:
-    """samples/s of ``sipl.train.fit`` for each ``(workers, global batch)`` of ``runs``, in that order (same params and
-    steps otherwise; each Ray worker gets one CPU, one torch thread and ``loader_workers`` DataLoader processes)."""
+    """samples/s of ``sipl.training.launcher.fit`` for each ``(workers, global batch)`` of ``runs``, in that order
+    (same params and steps otherwise; each Ray worker gets one CPU, one torch thread and ``loader_workers`` DataLoader
+    processes)."""
     import shutil
 
     import ray
 
-    from sipl.train import fit
+    from sipl.training.launcher import fit
 
     out = []
     for count, global_batch in runs:

@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from sipl.benchmarks import build_sets
     from sipl.config import load_params
+    from sipl.data.benchmarks import build_sets
 
     def say(message: str) -> None:
         print(f"sipl benchmarks: {message}", file=sys.stderr, flush=True)

@@ -174,7 +174,7 @@ def check_remote(root: Path, timeout_s: float) -> list[Check]:
 
 
 def check_prefect(timeout_s: float) -> list[Check]:
-    from pipelines.serve import START_SERVER_HINT, check_prefect_api
+    from pipelines.prefect_server import START_SERVER_HINT, check_prefect_api
 
     url = os.environ.get("PREFECT_API_URL")
     if not url:

@@ -30,11 +30,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import sipl
-    from sipl import benchmarks, evaluate, metrics, shards
-    from sipl.checkpoint import write_json_atomic, write_text_atomic
+    from sipl.atomic_files import write_json_atomic, write_text_atomic
     from sipl.config import load_params
+    from sipl.data import benchmarks, shards
+    from sipl.data.imageio import write_png_atomic
     from sipl.errors import SiplError
-    from sipl.imageio import write_png_atomic
+    from sipl.evaluation import evaluate, metrics
 
     from sipl.outputs import writable_dir
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     # The grids come from the reporting split: test when evaluated, else the last split.
     grid_split = "test" if "test" in params.eval.splits else params.eval.splits[-1]
 
-    from sipl.config import CLEAN_CLASS
+    from sipl.config.profiles import CLEAN_CLASS
 
     class_families = {CLEAN_CLASS: CLEAN_CLASS, **{name: task.family for name, task in params.tasks.items()}}
 

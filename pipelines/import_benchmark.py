@@ -6,7 +6,7 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from sipl.benchmark_import import KINDS
+    from sipl.data.benchmark_import import KINDS
 
     parser.add_argument("kind", choices=sorted(KINDS), help="benchmark layout")
     parser.add_argument("directory", help="the benchmark's folder")
@@ -20,13 +20,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipl.benchmark_import import import_benchmark
     from sipl.config import load_params
+    from sipl.data.benchmark_import import import_benchmark
 
     from pathlib import Path
 
+    from sipl.data.imageio import DEFAULT_MAX_PIXELS
     from sipl.errors import SiplError
-    from sipl.imageio import DEFAULT_MAX_PIXELS
 
     if args.max_pixels is not None and args.max_pixels < 1:
         raise SiplError(f"--max-pixels must be >= 1, got {args.max_pixels}")

@@ -17,8 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sipl.evaluation.report import build_report
     from sipl.outputs import writable_dir
-    from sipl.report import build_report
 
     writable_dir(args.out, "--out")
     params_path = Path(args.params)

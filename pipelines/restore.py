@@ -32,7 +32,7 @@ def _max_pixels(value: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from sipl.imageio import DEFAULT_MAX_PIXELS
+    from sipl.data.imageio import DEFAULT_MAX_PIXELS
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, help="output folder (PNG files named after the inputs)")
@@ -60,7 +60,8 @@ def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int | dict[st
 
     With ``--steps auto``, a model with a degradation head and a selection that chose steps per task, ``steps`` is
     that per-task mapping (plus ``clean``: 0): each image gets the step count of the class the head predicts."""
-    from sipl.config import RefineConfig, load_params
+    from sipl.config import load_params
+    from sipl.config.sections import RefineConfig
     from sipl.errors import SiplError
 
     params = load_params(args.params) if Path(args.params).is_file() else None
@@ -73,7 +74,7 @@ def resolve_setting(args: argparse.Namespace, meta: dict) -> tuple[int | dict[st
         classes = meta.get("model", {}).get("degradation_classes") or []
         per_task = selected.get("per_task") or {}
         if classes and per_task and args.scheme in (None, selected.get("scheme")):
-            from sipl.config import CLEAN_CLASS
+            from sipl.config.profiles import CLEAN_CLASS
 
             steps = {name: int(per_task.get(name, 0)) for name in classes if name != CLEAN_CLASS}
             return {CLEAN_CLASS: 0, **steps}, scheme, f"{args.model}/selection.json, per predicted degradation"

@@ -25,10 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipl import selection
-    from sipl.checkpoint import write_json_atomic
+    from sipl.atomic_files import write_json_atomic
     from sipl.config import load_params
     from sipl.errors import SiplError
+    from sipl.evaluation import selection
 
     params = load_params(args.params)
     steps_file = Path(args.steps_file)

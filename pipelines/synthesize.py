@@ -12,7 +12,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sipl.config import load_params
-    from sipl.synthesize import synthesize
+    from sipl.data.synthesize import synthesize
 
     synthesize(load_params(args.params), workers=args.workers, progress=not args.no_progress)
     return 0

@@ -31,10 +31,10 @@ def _with_overrides(params, args):
 def run(args) -> int:
     apply_quiet_defaults()
     from sipl.config import load_params
-    from sipl.train import fit, make_spec
+    from sipl.training.launcher import fit, make_spec
 
     params = _with_overrides(load_params(args.params), args)
-    from sipl.shards import require_bucket
+    from sipl.data.shards import require_bucket
 
     # Before any work, and never created: a typo in a bucket name must not make storage appear.
     require_bucket(params.shards.root, f"{args.params} shards.root")

@@ -14,7 +14,7 @@ def load_model(directory="models"):
 
     ``meta`` holds the backbone config, the training summary and, after ``sipl select``, the selected refinement
     setting. Never unpickles anything."""
-    from sipl.checkpoint import load_model as _load
+    from sipl.models.files import load_model as _load
 
     return _load(directory)
 

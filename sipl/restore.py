@@ -7,7 +7,7 @@ processed in tiles (``AUTO_TILE`` unless told otherwise), which bounds memory wh
 
 The refinement step count is one number, or per degradation class (``{"clean": 0, "denoise_25": 3, ...}``, the
 per-task choice of ``sipl select``): then a model with a degradation head first classifies each image (on a centre
-crop, ``sipl.refine.predict_degradation``) and refines it with its class's step count.
+crop, ``sipl.models.refine.predict_degradation``) and refines it with its class's step count.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sipl.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
 from sipl.errors import SiplError
-from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb, write_png_atomic
-from sipl.tiling import tile_count, tile_spans
+from sipl.models.tiling import tile_count, tile_spans
 
 AUTO_TILE = 512
 _GLOB_CHARS = set("*?[")
@@ -100,7 +100,7 @@ def choose_tile(height: int, width: int, tile: int | None) -> int | None:
 def steps_for(model: Any, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
     """(step count, predicted class or None) for one image: ``steps`` itself when it is a number; else the count
     of the class the model predicts (0 for a class ``steps`` does not list)."""
-    from sipl.refine import predict_degradation
+    from sipl.models.refine import predict_degradation
 
     if isinstance(steps, int):
         return steps, None
@@ -129,7 +129,7 @@ def processed_megapixels(height: int, width: int, tile: int | None, overlap: int
 def measure_pass_speed(model: Any, side: int = 256) -> float:
     """Seconds per megapixel of one full pass (step 0) of ``model`` on this machine, timed on a side×side probe
     after one warm-up run; the basis of the estimate printed before each image."""
-    from sipl.refine import refine
+    from sipl.models.refine import refine
 
     probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     seconds = []
@@ -155,8 +155,8 @@ def restore_array(model: Any, image: np.ndarray, steps: int, scheme: str, tile: 
     Returns:
         uint8 H x W x 3 RGB (output clipped to [0, 1] and rounded).
     """
-    from sipl.evaluate import to_tensor
-    from sipl.refine import refine
+    from sipl.evaluation.evaluate import to_tensor
+    from sipl.models.refine import refine
 
     x = to_tensor(image)
     output = None

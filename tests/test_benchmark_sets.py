@@ -14,13 +14,14 @@ import torch
 import yaml
 from PIL import Image
 
-from sipl import benchmarks
-from sipl.benchmark_import import KINDS
 from sipl.cli import main
-from sipl.config import BenchmarkConfig, ConfigError, load_params, parse_params
+from sipl.config import ConfigError, load_params, parse_params
+from sipl.config.sections import BenchmarkConfig
+from sipl.data import benchmarks
+from sipl.data.benchmark_import import KINDS
+from sipl.data.shards import iter_samples, shard_urls
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
-from sipl.shards import iter_samples, shard_urls
 from tests.test_evaluate import TASKS, write_params, write_tiny_model, write_tiny_shards
 
 torch.set_num_threads(1)
@@ -153,7 +154,7 @@ def test_benchmarks_json_holds_every_set_at_the_selected_setting(run_dir):
 
 
 def test_selection_ignores_the_benchmark_sets(run_dir):
-    from sipl import selection
+    from sipl.evaluation import selection
 
     steps = json.loads((run_dir / "metrics/eval_steps.json").read_text())
     without = {key: value for key, value in steps.items() if key != "benchmarks"}

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from sipl.checkpoint import (flatten_optimizer, load_model, load_training_state, save_model, save_training_state,
-                             unflatten_optimizer)
 from sipl.errors import SiplError
 from sipl.models import build_model
+from sipl.models.files import load_model, save_model
+from sipl.training.checkpoint import flatten_optimizer, load_training_state, save_training_state, unflatten_optimizer
 
 torch.set_num_threads(1)
 SMALL = {"width": 8, "middle_blocks": 1}

@@ -1,7 +1,7 @@
 """Training data: task weights, shard checks, shard splitting, paired augmentation, the mixed stream.
 
 Also home of ``make_shards`` / ``tiny_params`` used by the other training tests (small synthetic shards in the
-real format, written with sipl.shards)."""
+real format, written with sipl.data.shards)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from sipl.augment import PairAugment, dead_leaves, fresh_degradation
 from sipl.config import parse_params
-from sipl.data import StreamConfig, TrainStream, check_shards, slot_shards, task_weights
+from sipl.data.augment import PairAugment, dead_leaves, fresh_degradation
+from sipl.data.loader import StreamConfig, TrainStream, check_shards, slot_shards, task_weights
 from sipl.errors import SiplError
 
 torch.set_num_threads(1)
@@ -45,7 +45,7 @@ def _degrade(task: str, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_shards(root: Path, samples: dict[str, int] | None = None, size: int = 32, per_shard: int = 8,
                 val: int = 4, seed: int = 0, tasks: dict | None = None) -> Path:
     """Write train/val shards + manifest under ``root`` (``samples``: train samples per task)."""
-    from sipl.shards import Sample, join, sample_key, write_json, write_task_shards
+    from sipl.data.shards import Sample, join, sample_key, write_json, write_task_shards
 
     tasks = tasks or TASKS
     samples = samples or {t: 16 for t in tasks}
@@ -372,7 +372,7 @@ def test_manifest_written_by_helper_is_valid(shards):
 
 
 def test_head_samples_are_labelled_degradations_of_the_same_clean_image(shards):
-    from sipl.data import collate
+    from sipl.data.loader import collate
 
     steps = {task: config["steps"] for task, config in TASKS.items()}
     items = _take(_stream(shards, patch=16, task_steps=steps, head_samples=3), 60)

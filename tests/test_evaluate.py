@@ -13,10 +13,11 @@ import yaml
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
-from sipl import evaluate, shards
-from sipl.checkpoint import save_model
 from sipl.cli import main
+from sipl.data import shards
+from sipl.evaluation import evaluate
 from sipl.models import build_model
+from sipl.models.files import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"denoise_25": "noise", "dehaze": "haze", "derain": "rain"}
@@ -196,7 +197,7 @@ def test_max_images_and_tiling(tmp_path):
 def test_a_jpeg_task_is_scored_without_a_classical_baseline():
     """A family without a classical baseline (jpeg) is scored like any other; the classical column stays away."""
     import degradations
-    from sipl import classical
+    from sipl.evaluation import classical
 
     gt = np.ascontiguousarray(data.astronaut()[100:132, 180:212])
     lq, applied = degradations.apply([{"name": "jpeg", "quality": 20}], gt, np.random.default_rng(0))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sipl.data.imageio import decode_rgb, read_rgb, write_png_atomic
 from sipl.errors import SiplError
-from sipl.imageio import decode_rgb, read_rgb, write_png_atomic
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

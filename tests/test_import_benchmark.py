@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sipl.benchmark_import import import_benchmark
+from sipl.data.benchmark_import import import_benchmark
+from sipl.data.shards import iter_samples, read_manifest, shard_urls
 from sipl.errors import SiplError
-from sipl.shards import iter_samples, read_manifest, shard_urls
 
 
 def _save(path, seed, size=(37, 50)):

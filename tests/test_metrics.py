@@ -6,7 +6,7 @@ import torch
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sipl import metrics
+from sipl.evaluation import metrics
 
 torch.set_num_threads(1)
 

@@ -290,7 +290,7 @@ def test_degradation_head_starts_as_the_identity_of_the_model_without_it(sipl):
 def test_degradation_head_learns_the_labels_and_reaches_the_output():
     torch.manual_seed(0)
     model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
-    from sipl.losses import l1
+    from sipl.training.losses import l1
 
     dark, noisy = torch.rand(4, 3, 32, 32) * 0.1, (0.5 + 0.3 * torch.randn(4, 3, 32, 32)).clamp(0, 1)
     lq = torch.cat([dark, noisy])
@@ -325,7 +325,7 @@ def test_degradation_head_config_round_trip_and_errors():
 def test_head_step_trains_only_the_head():
     torch.manual_seed(0)
     model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
-    from sipl.losses import l1
+    from sipl.training.losses import l1
 
     lq = torch.rand(3, 3, 16, 16)
     terms = model.head_step(lq, (lq * 1.2).clamp(0, 1), torch.tensor([0, 1, 2]), l1, 1.0, 1.0)
@@ -338,7 +338,7 @@ def test_head_step_trains_only_the_head():
 def test_restoration_loss_does_not_train_the_global_affine():
     torch.manual_seed(0)
     model = build_model("nafnet", "tiny", sipl=True, degradation_classes=HEAD_CLASSES, global_affine=True)
-    from sipl.losses import l1
+    from sipl.training.losses import l1
 
     lq = torch.rand(2, 3, 16, 16)
     model.training_step(lq, (lq * 1.3).clamp(0, 1), l1, labels=torch.tensor([0, 2]), affine_weight=0.0)["loss"].backward()
@@ -393,7 +393,7 @@ def test_channels_last_model_stays_channels_last_and_matches(name):
     whose channels are the innermost axis (none falls back to N×C×H×W and pays the copies, the slower convolutions
     and, in the fusion blocks, attention by batched matmuls instead of the fused kernel)."""
     from sipl.models.common import LayerNorm2d
-    from sipl.train import to_memory_format
+    from sipl.training.step import to_memory_format
 
     torch.manual_seed(0)
     model = build_model(name, "tiny", sipl=True).eval()

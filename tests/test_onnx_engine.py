@@ -10,9 +10,9 @@ from sipl import restore
 from sipl.errors import SiplError
 from sipl.models import build_model
 from sipl.models import onnx_engine
+from sipl.models.refine import predict_degradation, refine
 from sipl.models.runtime import for_inference
-from sipl.refine import predict_degradation, refine
-from sipl.tiling import tile_count
+from sipl.models.tiling import tile_count
 
 TOLERANCE = 1e-4  # measured differences are ~1e-6 (float32 rounding of a different operator order)
 SMALL = {"width": 8, "enc_blocks": (1, 1, 1), "middle_blocks": 1, "dec_blocks": (1, 1, 1)}
@@ -122,7 +122,7 @@ def test_engine_and_device_choices_are_checked(head_model):
 def test_restore_reports_an_estimate_and_moves_a_tile_bar(head_runner, tmp_path, capsys):
     image = (np.random.default_rng(6).random((150, 200, 3)) * 255).astype(np.uint8)
     source = tmp_path / "photo.png"
-    from sipl.imageio import write_png_atomic
+    from sipl.data.imageio import write_png_atomic
 
     write_png_atomic(image, source)
     plan = restore.plan([str(source)], tmp_path / "out")

@@ -88,6 +88,20 @@ def test_code_dependencies_exist():
     assert check.status == "ok", check.message
 
 
+# What sipl/models holds for test time only: training never runs it, so a change there must not re-train.
+TEST_TIME_MODEL_CODE = {"sipl/models/refine.py", "sipl/models/tiling.py", "sipl/models/runtime.py",
+                        "sipl/models/onnx_engine.py"}
+
+
+def test_training_depends_on_the_model_code_it_builds_and_no_evaluation_code():
+    deps = set(_dvc_yaml()["stages"]["train"]["deps"])
+    model_files = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "sipl" / "models").glob("*.py")}
+    assert TEST_TIME_MODEL_CODE <= model_files
+    # listed file by file: a new model module must be added to dvc.yaml here (or to TEST_TIME_MODEL_CODE)
+    assert {d for d in deps if d.startswith("sipl/models")} == model_files - TEST_TIME_MODEL_CODE
+    assert {d for d in deps if d.startswith("sipl/evaluation")} == {"sipl/evaluation/metrics.py"}
+
+
 def test_outputs_match_the_design_table():
     stages = _dvc_yaml()["stages"]
     assert set(_entries(stages["synthesize"], "outs")) == {"data/shards"}

@@ -6,8 +6,8 @@ from torch import nn
 
 from sipl.errors import SiplError
 from sipl.models import build_model
-from sipl.refine import refine
-from sipl.tiling import tile_spans, tiled_map
+from sipl.models.refine import refine
+from sipl.models.tiling import tile_spans, tiled_map
 
 torch.set_num_threads(1)
 

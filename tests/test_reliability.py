@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from sipl.cli import main
+from sipl.data.imageio import decode_rgb
 from sipl.errors import SiplError
-from sipl.imageio import decode_rgb
 from tests.test_bad_input import _png, _rain_layout, _synth_params
 from tests.test_evaluate import write_tiny_model
 
@@ -97,7 +97,7 @@ def test_a_missing_bucket_is_never_created(tmp_path, s3_endpoint, monkeypatch, c
                           region_name=s3_endpoint["AWS_DEFAULT_REGION"])
     assert client.list_buckets()["Buckets"] == [], "a typo must not create storage"
     with pytest.raises(Exception):  # the writer itself refuses too, whoever calls it
-        from sipl.shards import write_bytes
+        from sipl.data.shards import write_bytes
 
         write_bytes("s3://no-such-bucket-typo/x.json", b"{}")
     assert client.list_buckets()["Buckets"] == []

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sipl import selection
 from sipl.errors import SiplError
+from sipl.evaluation import selection
 
 
 def _task(family, curves, input_psnr=20.0, classical=None):

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from sipl.errors import SiplError
-from sipl.shards import (Sample, encode_shard, iter_samples, read_manifest, sample_key, shard_urls, write_json,
+from sipl.data.shards import (Sample, encode_shard, iter_samples, read_manifest, sample_key, shard_urls, write_json,
                          write_task_shards)
+from sipl.errors import SiplError
 
 
 def _samples(count: int, shape=(8, 6, 3)) -> list[Sample]:
@@ -63,7 +63,7 @@ def test_truncated_shard_is_named(tmp_path):
 def test_webdataset_reads_our_shards(tmp_path):
     import webdataset as wds
 
-    from sipl.shards import decode_sample
+    from sipl.data.shards import decode_sample
 
     write_task_shards(str(tmp_path), "train", "denoise_25", _samples(3), "npy", maxcount=8)
     dataset = wds.WebDataset([str(tmp_path / "train" / "denoise_25-000000.tar")], shardshuffle=False).map(decode_sample)

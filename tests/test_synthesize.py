@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from sipl.config import parse_params
+from sipl.data.shards import iter_samples, read_manifest, shard_urls
+from sipl.data.sources import assign_splits
+from sipl.data.synthesize import crop_boxes, synthesize
 from sipl.errors import SiplError
-from sipl.shards import iter_samples, read_manifest, shard_urls
-from sipl.sources import assign_splits
-from sipl.synthesize import crop_boxes, synthesize
 
 
 def _photo(seed: int, size=(72, 88)) -> np.ndarray:
@@ -138,7 +138,7 @@ def test_split_assignment_is_stable_and_per_group():
 
 
 def test_crop_boxes_follow_the_field_convention():
-    from sipl.config import SplitCropConfig
+    from sipl.config.sections import SplitCropConfig
 
     assert crop_boxes((481, 321, 3), SplitCropConfig(size=None, multiple=16), None) == [(0, 0, 480, 320)]
     assert crop_boxes((600, 900, 3), SplitCropConfig(size=None, max_side=256), None) == [(172, 322, 256, 256)]

@@ -12,9 +12,12 @@ import torch
 
 from sipl.config import parse_params
 from sipl.errors import SiplError
-from sipl.losses import charbonnier, fft_l1, l1, pixel_loss
-from sipl.schedule import batch_plan, learning_rate
-from sipl.train import LocalSession, Throughput, _StepModule, accumulate_gradients, export, make_spec, train_worker
+from sipl.training.launcher import export, make_spec
+from sipl.training.loop import Throughput, train_worker
+from sipl.training.losses import charbonnier, fft_l1, l1, pixel_loss
+from sipl.training.schedule import batch_plan, learning_rate
+from sipl.training.sessions import LocalSession
+from sipl.training.step import _StepModule, accumulate_gradients
 from tests.test_data import make_shards, tiny_params
 
 torch.set_num_threads(1)
@@ -61,7 +64,7 @@ def test_losses():
 
 
 def test_psnr_loss_is_the_mean_per_image_psnr():
-    from sipl.losses import psnr_loss
+    from sipl.training.losses import psnr_loss
 
     target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
@@ -76,7 +79,7 @@ def test_psnr_loss_is_the_mean_per_image_psnr():
 
 
 def test_rmse_loss_pulls_every_image_equally_hard():
-    from sipl.losses import rmse_loss
+    from sipl.training.losses import rmse_loss
 
     target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     scales = torch.tensor([0.01, 0.05, 0.2]).view(3, 1, 1, 1)
@@ -110,7 +113,7 @@ def test_global_batch_invariance(options, channels_last):
     """1 worker × 2 accumulated micro-batches == 2 workers × 1 micro-batch (all-reduce = mean of gradients), in
     either memory layout and optimiser kernel of the trainer."""
     from sipl.models import build_model
-    from sipl.train import to_memory_format
+    from sipl.training.step import to_memory_format
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     fused = True if channels_last else None
@@ -166,14 +169,14 @@ def test_training_decreases_loss_and_exports(shard_root, tmp_path):
     columns = csv[0].split(",")
     assert columns[:2] == ["step", "loss"] and len(csv) >= 5
     assert {"loss_main", "loss_preliminary", "lr", "val_psnr"} <= set(columns)
-    from sipl.checkpoint import load_model
+    from sipl.models.files import load_model
 
     model, meta = load_model(tmp_path / "out" / "models")
     assert meta["weights"] == "ema" and meta["training"]["steps"] == 14 and meta["profile"] == "tiny"
 
 
 def metrics_history(session):
-    from sipl.checkpoint import read_training_state
+    from sipl.training.checkpoint import read_training_state
 
     return read_training_state(session.latest_checkpoint())[1]["history"]
 
@@ -201,7 +204,7 @@ def test_nan_loss_stops_with_step_and_keys(shard_root, tmp_path, monkeypatch):
         value = (pred - target).abs().mean()
         return value * float("nan") if calls["n"] > 5 else value
 
-    monkeypatch.setattr("sipl.losses.from_config", lambda cfg: exploding)
+    monkeypatch.setattr("sipl.training.losses.from_config", lambda cfg: exploding)
     params = _params(shard_root, steps=6, checkpoint_every=1, loss={"l1": 1.0, "preliminary": 0.0})
     session = LocalSession(tmp_path / "ckpt")
     metrics = train_worker(make_spec(params, num_workers=1), 0, 1, session)
@@ -254,7 +257,7 @@ def test_cli_check_and_errors(shard_root, tmp_path, capsys):
 
 
 def test_root_message_skips_quoted_source_lines():
-    from sipl.train import _root_message
+    from sipl.training.launcher import _root_message
 
     text = ("Training failed due to worker errors:\n"
             "    self._handler(task)(SiplError(f\"sample {item.get('__key__')}: {error}\"))\n"

@@ -75,7 +75,7 @@ def _kill_rank_when(pid_dir, rank, min_step, killed, timeout_s=240):
 
 
 def test_fit_survives_worker_kill(ray_local, tmp_path):
-    from sipl.train import fit
+    from sipl.training.launcher import fit
 
     shard_root = make_shards(tmp_path / "shards")
     params = _params(shard_root, steps=24, checkpoint_every=4, val_every=12, log_every=4)
@@ -103,7 +103,7 @@ def test_restart_resumes_from_saved_step_on_s3(ray_local, tmp_path):
     checkpoints live on S3 (ray.storage_path: s3://...)."""
     import s3fs
 
-    from sipl.train import fit
+    from sipl.training.launcher import fit
 
     shard_root = make_shards(tmp_path / "shards")
     params = _params(shard_root, steps=8, checkpoint_every=4, val_every=8)
@@ -127,7 +127,7 @@ def test_corrupt_sample_fails_with_clear_error(ray_local, tmp_path):
     import tarfile
 
     from sipl.errors import SiplError
-    from sipl.train import fit
+    from sipl.training.launcher import fit
 
     shard_root = make_shards(tmp_path / "shards")
     manifest_path = shard_root / "manifest.json"

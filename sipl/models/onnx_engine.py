@@ -195,7 +195,7 @@ def export_graphs(model: nn.Module, folder: Path) -> None:
 
 
 class OnnxModel:
-    """A model's test-time passes run by ONNX Runtime, for ``sipl.refine``: ``encode(x)``, ``decode(state,
+    """A model's test-time passes run by ONNX Runtime, for ``sipl.models.refine``: ``encode(x)``, ``decode(state,
     privileged=None)`` (``privileged``: an image, N×3×H×W in [0, 1]), ``classify(x)`` (eager: it runs on one small
     crop). Inputs N×3×H×W float32 in [0, 1]; outputs the same shape, clipped to [0, 1]."""
 

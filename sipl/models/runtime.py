@@ -1,6 +1,6 @@
 """Choosing how a model runs at test time: the engine (ONNX Runtime or eager PyTorch) and the device.
 
-``for_inference(model, engine, device)`` returns an object with the test-time interface ``sipl.refine`` uses
+``for_inference(model, engine, device)`` returns an object with the test-time interface ``sipl.models.refine`` uses
 (``encode``, ``decode(state, privileged_image=None)``, ``classify``, ``sipl``, ``multiple``, ``degradation_classes``):
 
 - ``engine="onnx"`` (CPU): the exported graphs run by ONNX Runtime (``sipl.models.onnx_engine``), ~4× faster than
@@ -58,7 +58,7 @@ class DeviceModel:
 
 
 def for_inference(model: nn.Module, engine: str = "auto", device: str = "cpu") -> Any:
-    """The model ready for ``sipl.refine``: see the module docstring for ``engine`` and ``device``."""
+    """The model ready for ``sipl.models.refine``: see the module docstring for ``engine`` and ``device``."""
     if engine not in ENGINES:
         raise SiplError(f"unknown engine {engine!r}; use one of {list(ENGINES)}")
     if device not in DEVICES:

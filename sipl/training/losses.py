@@ -73,5 +73,5 @@ def pixel_loss(l1_weight: float = 1.0, charbonnier_weight: float = 0.0, fft_weig
 
 
 def from_config(loss_cfg) -> PixelLoss:
-    """``pixel_loss`` from a ``sipl.config.LossConfig``."""
+    """``pixel_loss`` from a ``sipl.config.profiles.LossConfig``."""
     return pixel_loss(loss_cfg.l1, loss_cfg.charbonnier, loss_cfg.fft, loss_cfg.psnr, loss_cfg.rmse)

@@ -29,12 +29,12 @@ from typing import Callable
 
 import numpy as np
 
-from sipl.errors import SiplError
-from sipl.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb
-from sipl.seeding import derive_seed
-from sipl.shards import (MANIFEST, SKIPPED, Sample, is_remote, join, read_bytes, require_bucket, sample_key,
+from sipl.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb
+from sipl.data.shards import (MANIFEST, SKIPPED, Sample, is_remote, join, read_bytes, require_bucket, sample_key,
                          write_json, write_task_shards)
-from sipl.sources import safe_id
+from sipl.data.sources import safe_id
+from sipl.errors import SiplError
+from sipl.seeding import derive_seed
 
 CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
                "low_haze_rain", "low_haze_snow")
@@ -272,7 +272,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         raise SiplError(f"{root}: {len(problems)} unreadable or mismatched file(s) (nothing written):\n  {listing}")
     if not by_task:
         raise SiplError(f"{root}: no usable {kind} pairs found")
-    from sipl.synthesize import _publish, _staging_root
+    from sipl.data.synthesize import _publish, _staging_root
 
     staging = _staging_root(out_root)
     try:

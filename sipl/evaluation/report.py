@@ -175,7 +175,7 @@ def build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
 
 
 def _build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
-    from sipl.checkpoint import write_text_atomic
+    from sipl.atomic_files import write_text_atomic
     from sipl.errors import SiplError
 
     eval_json = _load_json(root / "metrics" / "eval.json")

@@ -1,11 +1,11 @@
 """Scoring refinement steps 0..K on the val/test shards (the ``evaluate`` stage).
 
 For every image the refinement chain runs once per scheme up to ``refine.max_steps``; each yielded step is scored
-as it comes (RGB and Y PSNR/SSIM, see ``sipl.metrics``) together with the cumulative model time to reach it. The
-degraded input and, where the family has one, a classical baseline (``sipl.classical``) are scored too. Per-task
-values are plain means over images; group values are plain means over tasks. A model with a degradation head also
-classifies every input as ``sipl restore`` does; each task records how often the predicted class is the task itself
-(``accuracy``) or one of its family (``family_accuracy``).
+as it comes (RGB and Y PSNR/SSIM, see ``sipl.evaluation.metrics``) together with the cumulative model time to reach
+it. The degraded input and, where the family has one, a classical baseline (``sipl.evaluation.classical``) are scored
+too. Per-task values are plain means over images; group values are plain means over tasks. A model with a degradation
+head also classifies every input as ``sipl restore`` does; each task records how often the predicted class is the
+task itself (``accuracy``) or one of its family (``family_accuracy``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from sipl import classical, metrics
-from sipl.selection import METRIC_KEYS, group_members
-from sipl.shards import Sample
+from sipl.data.shards import Sample
+from sipl.evaluation import classical, metrics
+from sipl.evaluation.selection import METRIC_KEYS, group_members
 
 
 @dataclass
@@ -85,12 +85,12 @@ def evaluate_sample(model: torch.nn.Module, sample: Sample, acc: TaskAccumulator
                     tile: int | None, tile_overlap: int, use_classical: bool,
                     keep_scheme: str | None = None) -> list[np.ndarray] | None:
     """Score one sample into ``acc``; return the ``keep_scheme`` outputs of steps 0..K (uint8) when asked."""
-    from sipl.refine import refine
+    from sipl.models.refine import refine
 
     lq, gt = to_tensor(sample.lq), to_tensor(sample.gt)
     acc.images += 1
     if getattr(model, "degradation_classes", None):
-        from sipl.refine import predict_degradation
+        from sipl.models.refine import predict_degradation
 
         label = predict_degradation(model, sample.lq)
         acc.predicted[label] = acc.predicted.get(label, 0) + 1

@@ -5,7 +5,7 @@ shards: shards are split across the ``world × loader_workers`` reading slots (l
 then ``split_by_worker``) after a seeded per-epoch shard shuffle; when a task has fewer shards than slots, every
 slot reads all of them and keeps every n-th sample instead, so no slot is starved. Either way every sample is read by
 exactly one slot per epoch. Samples pass a seeded shuffle buffer, the task streams are mixed by weight with a seeded
-generator, and each pair goes through the albumentations pipeline of ``sipl.augment`` (crop, flip/rotation, with
+generator, and each pair goes through the albumentations pipeline of ``sipl.data.augment`` (crop, flip/rotation, with
 ``task_steps`` set (``train.fresh_degradations``) content, tone and a fresh degradation of the clean crop, channel
 order). The pipeline and the identity and head-crop draws are seeded per sample read, by ``(seed, start step, task,
 sample key, epoch)`` only: the same sample read in the same epoch gets the same pixels on any number of ranks and
@@ -61,7 +61,7 @@ def task_weights(families: dict[str, str], override: dict[str, float] | None = N
 # ----------------------------------------------------------------------------------------- shard checking
 
 def _sha256_file(url: str) -> str:
-    from sipl.shards import is_remote, read_bytes
+    from sipl.data.shards import is_remote, read_bytes
 
     if is_remote(url):
         return hashlib.sha256(read_bytes(url)).hexdigest()
@@ -76,7 +76,7 @@ def _object_size(url: str) -> int | None:
     """Size in bytes, or None when the object does not exist."""
     import os
 
-    from sipl.shards import is_remote
+    from sipl.data.shards import is_remote
 
     if is_remote(url):
         import fsspec
@@ -97,7 +97,7 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
     ``verify_sha256``, local shards) matches the manifest's sha256, which also catches truncated tars. ``required=False``
     leaves tasks without shards out (with a warning) instead of failing. Raises SiplError naming the split,
     task and shard and what to do."""
-    from sipl.shards import is_remote, join, read_manifest
+    from sipl.data.shards import is_remote, join, read_manifest
 
     manifest = manifest if manifest is not None else read_manifest(root)
     listed = manifest.get("splits", {}).get(split, {})
@@ -219,8 +219,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     def _task_samples(self, task_index: int, task: str, slot: int, slots: int) -> Iterator[Any]:
         import webdataset as wds
 
-        import sipl.shards  # noqa: F401  (registers the s3 scheme in this process)
-        from sipl.shards import decode_sample
+        import sipl.data.shards  # noqa: F401  (registers the s3 scheme in this process)
+        from sipl.data.shards import decode_sample
 
         cfg = self.config
         urls = cfg.task_urls[task]
@@ -250,7 +250,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from sipl.augment import PairAugment
+        from sipl.data.augment import PairAugment
 
         cfg = self.config
         info = torch.utils.data.get_worker_info()
@@ -287,7 +287,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         """``head_samples`` crops of ``clean`` (the sample's clean image after its content draw), each through the
         pipeline ``heads`` (crop, orientation, tone, degradation) with its own seed derived from the sample's, and
         degraded by a uniformly drawn task or left clean."""
-        from sipl.config import CLEAN_CLASS
+        from sipl.config.profiles import CLEAN_CLASS
 
         lqs, gts, labels = [], [], []
         for index in range(self.config.head_samples):
@@ -351,7 +351,7 @@ def _quiet_worker(_: int) -> None:
 
 def load_val(task_urls: dict[str, list[str]], max_samples: int) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Up to ``max_samples`` (lq, gt) uint8 pairs per task, in shard order (deterministic)."""
-    from sipl.shards import iter_samples
+    from sipl.data.shards import iter_samples
 
     out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for task, urls in task_urls.items():

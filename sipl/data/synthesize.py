@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from sipl.config import Params, SplitCropConfig, TaskConfig
+from sipl.config import Params
+from sipl.config.sections import SplitCropConfig, TaskConfig
+from sipl.data.shards import (MANIFEST, SKIPPED, SPLITS, Sample, is_remote, join, sample_key, write_json,
+                         write_task_shards)
+from sipl.data.sources import SourceImage, Skipped, assign_splits, load_sources
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
-from sipl.shards import (MANIFEST, SKIPPED, SPLITS, Sample, is_remote, join, sample_key, write_json,
-                         write_task_shards)
-from sipl.sources import SourceImage, Skipped, assign_splits, load_sources
 
 # With shards on S3, the manifest and the skipped list are mirrored here so the DVC stage has a local output.
 LOCAL_INDEX_DIR = "data/shards"
@@ -98,8 +99,8 @@ def _run_job(job: Job) -> tuple[Job, list[dict[str, Any]], int]:
 
 def check_shards_root(root: str, source: str = "params.yaml") -> None:
     """Before any work: an S3 root's bucket exists (never created); a local root is a folder, or can be one."""
+    from sipl.data.shards import require_bucket
     from sipl.outputs import writable_dir
-    from sipl.shards import require_bucket
 
     key = f"{source} shards.root"
     if is_remote(root):

@@ -9,7 +9,7 @@ folder exists, and DVC has an output, even for ``benchmarks: []``.
   unreadable files listed in ``skipped.json``) is cropped like the test split (``crops.test``: centre crop to
   multiples of ``multiple``, at most ``max_side``) and degraded by every task in ``tasks`` with a generator seeded
   from (seed, set name, task, image id, crop index) only.
-- paired kinds (``sipl.benchmark_import.KINDS``): ``import_benchmark`` converts the folder, centre-cropped by
+- paired kinds (``sipl.data.benchmark_import.KINDS``): ``import_benchmark`` converts the folder, centre-cropped by
   ``crops.test`` too; the noise kinds draw their noise from a seed derived from (seed, set name).
 
 Every set's folder and layout is checked before anything is written or computed; the output is built in
@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from sipl.config import DEFAULT_MAX_PIXELS
+from sipl.config.sections import DEFAULT_MAX_PIXELS
+from sipl.data.shards import MANIFEST, SKIPPED, Sample, iter_samples, join, read_bytes, sha256_bytes
 from sipl.errors import SiplError
-from sipl.shards import MANIFEST, SKIPPED, Sample, iter_samples, join, read_bytes, sha256_bytes
 
 ROOT = "data/benchmarks"
 INDEX = "index.json"
@@ -53,7 +53,7 @@ class CheckedSet:
 
 
 def _image_files(root: Path) -> list[Path]:
-    from sipl.imageio import IMAGE_SUFFIXES
+    from sipl.data.imageio import IMAGE_SUFFIXES
 
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
@@ -69,8 +69,8 @@ def check_sets(configs: list[Any], source: str = "params.yaml") -> list[CheckedS
     Raises:
         SiplError naming the set (``benchmarks[i] (name)``), the path and what to do; every bad set in one message.
     """
-    from sipl.benchmark_import import LAYOUTS, find_pairs
-    from sipl.imageio import IMAGE_SUFFIXES
+    from sipl.data.benchmark_import import LAYOUTS, find_pairs
+    from sipl.data.imageio import IMAGE_SUFFIXES
 
     checked, errors = [], []
     for index, config in enumerate(configs):
@@ -110,8 +110,8 @@ def _read_images(item: CheckedSet) -> tuple[list[tuple[str, str, np.ndarray]], l
     """(source id, uri, uint8 H x W x 3 image) of every image file of a clean set, and the unreadable ones.
 
     URIs are ``{name}/{path relative to the folder}``, so the shards do not depend on where the folder lives."""
-    from sipl.imageio import read_rgb
-    from sipl.sources import safe_id
+    from sipl.data.imageio import read_rgb
+    from sipl.data.sources import safe_id
 
     images, skipped = [], []
     for path in _image_files(item.path):
@@ -130,9 +130,9 @@ def _read_images(item: CheckedSet) -> tuple[list[tuple[str, str, np.ndarray]], l
 def _clean_set(params: Any, item: CheckedSet, out_root: str) -> dict[str, Any]:
     """Degrade every image of a clean folder by every task; write the set's shards + manifest; return it."""
     import degradations
+    from sipl.data.shards import sample_key, write_json, write_task_shards
+    from sipl.data.synthesize import crop_boxes
     from sipl.seeding import derive_seed
-    from sipl.shards import sample_key, write_json, write_task_shards
-    from sipl.synthesize import crop_boxes
 
     images, skipped = _read_images(item)
     crops = []  # (source id, uri, clean crop, crop index, box)
@@ -170,7 +170,7 @@ def _clean_set(params: Any, item: CheckedSet, out_root: str) -> dict[str, Any]:
 
 
 def _paired_set(params: Any, item: CheckedSet, out_root: str) -> dict[str, Any]:
-    from sipl.benchmark_import import import_benchmark
+    from sipl.data.benchmark_import import import_benchmark
     from sipl.seeding import derive_seed
 
     crop = params.crops.test
@@ -190,8 +190,8 @@ def build_sets(params: Any, root: str = ROOT, say: Callable[[str], None] = print
             ``shards.encoding``, ``shards.maxcount``).
         root: local output folder (replaced as a whole when the new one is complete).
     """
-    from sipl.shards import write_json
-    from sipl.synthesize import _publish
+    from sipl.data.shards import write_json
+    from sipl.data.synthesize import _publish
 
     checked = check_sets(params.benchmarks, params.source)
     staging = Path(f"{str(root).rstrip('/')}.partial")
@@ -269,7 +269,7 @@ def verified_tasks(root: str, name: str) -> dict[str, tuple[str, list[str]]]:
                 raise SiplError(f"benchmark set {name}: shard {url} does not match its manifest (sha256 "
                                 f"{digest[:12]}… != {shard['sha256'][:12]}…); {fix}")
             urls.append(url)
-        # Both writers record the family (paired kinds: sipl.benchmark_import.task_family of the task name).
+        # Both writers record the family (paired kinds: sipl.data.benchmark_import.task_family of the task name).
         tasks[task] = (entry.get("family") or "other", urls)
     if not tasks:
         raise SiplError(f"benchmark set {name}: {manifest_url} lists no '{SPLIT}' shards; {fix}")
@@ -277,5 +277,5 @@ def verified_tasks(root: str, name: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def samples_by_task(root: str, name: str) -> dict[str, tuple[str, Iterator[Sample]]]:
-    """task -> (family, sample iterator) of a verified set, the input of ``sipl.evaluate.evaluate_split``."""
+    """task -> (family, sample iterator) of a verified set, the input of ``sipl.evaluation.evaluate.evaluate_split``."""
     return {task: (family, iter_samples(urls)) for task, (family, urls) in verified_tasks(root, name).items()}

@@ -107,7 +107,7 @@ def write_bytes(url: str, data: bytes) -> None:
         with fsspec.open(url, "wb", auto_mkdir=False) as stream:
             stream.write(data)
         return
-    from sipl.imageio import write_bytes_atomic
+    from sipl.data.imageio import write_bytes_atomic
 
     write_bytes_atomic(data, url)
 
@@ -145,7 +145,7 @@ def _encode_array(image: np.ndarray, encoding: str) -> tuple[str, bytes]:
         np.save(buffer, np.ascontiguousarray(image), allow_pickle=False)
         return "npy", buffer.getvalue()
     if encoding == "png":
-        from sipl.imageio import encode_png
+        from sipl.data.imageio import encode_png
 
         return "png", encode_png(image, compress_level=1)
     raise ValueError(f"unknown shard encoding {encoding!r}; allowed: 'npy', 'png'")
@@ -155,7 +155,7 @@ def _decode_array(data: bytes, extension: str, where: str) -> np.ndarray:
     if extension == "npy":
         array = np.load(io.BytesIO(data), allow_pickle=False)
     elif extension == "png":
-        from sipl.imageio import decode_rgb
+        from sipl.data.imageio import decode_rgb
 
         array, _ = decode_rgb(data, where)
     else:

@@ -1,8 +1,8 @@
 """Clean-image sources: the embedded default (photos shipped inside pip packages), a local folder, an s3:// prefix.
 
-Every source yields ``SourceImage`` records; decoding happens through ``sipl.imageio.decode_rgb`` so EXIF orientation
-and mode conversions are handled the same way everywhere. Unreadable files are reported, never fatal on their own:
-the caller lists them in ``skipped.json``. Nothing in a source is ever modified.
+Every source yields ``SourceImage`` records; decoding happens through ``sipl.data.imageio.decode_rgb`` so EXIF
+orientation and mode conversions are handled the same way everywhere. Unreadable files are reported, never fatal on
+their own: the caller lists them in ``skipped.json``. Nothing in a source is ever modified.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from sipl.config import SourceConfig
+from sipl.config.sections import SourceConfig
+from sipl.data.imageio import decode_rgb
 from sipl.errors import SiplError
-from sipl.imageio import decode_rgb
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _load_folder(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]
 def _load_s3(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]]:
     import fsspec
 
-    from sipl.shards import require_bucket
+    from sipl.data.shards import require_bucket
 
     prefix = config.path.rstrip("/")
     require_bucket(prefix, "sources")
