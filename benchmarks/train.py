@@ -162,9 +162,14 @@ def time_steps(steps: dict[str, TrainerStep], repeats: int = 7) -> dict[str, dic
     return out
 
 
-def _concurrent_steps(model_args: dict, recipe, batch: int, patch: int, steps: int, barrier, results) -> None:
+def _concurrent_steps(model_args: dict, recipe, batch: int, patch: int, steps: int, keep_memory: bool, barrier,
+                      results) -> None:
     """One process of ``concurrent_scaling``: times ``steps`` SIPL training steps after ``barrier``."""
+    from sipl.training.allocator import keep_freed_memory
+
     torch.set_num_threads(1)
+    if keep_memory:
+        keep_freed_memory()
     step = TrainerStep(model_args, recipe, batch, patch)
     times = []
     for i in range(-2, steps):  # two warm-up steps
@@ -177,9 +182,10 @@ def _concurrent_steps(model_args: dict, recipe, batch: int, patch: int, steps: i
     results.put(sum(times[2:]))
 
 
-def concurrent_scaling(model_args: dict, recipe, batch: int, patch: int, steps: int = 20) -> dict[str, float]:
+def concurrent_scaling(model_args: dict, recipe, batch: int, patch: int, steps: int = 20,
+                       keep_memory: bool = True) -> dict[str, float]:
     """Seconds per SIPL step in 1 process alone and in 2 processes at once, and the throughput ratio 2 processes /
-    1 process (2.0 = no contention between the cores)."""
+    1 process (2.0 = no contention between the cores); ``keep_memory`` as ``ray.keep_freed_memory``."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -187,7 +193,7 @@ def concurrent_scaling(model_args: dict, recipe, batch: int, patch: int, steps: 
     for count in (1, 2):
         barrier, results = context.Barrier(count), context.Queue()
         workers = [context.Process(target=_concurrent_steps,
-                                   args=(model_args, recipe, batch, patch, steps, barrier, results))
+                                   args=(model_args, recipe, batch, patch, steps, keep_memory, barrier, results))
                    for _ in range(count)]
         for worker in workers:
             worker.start()
@@ -353,6 +359,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from sipl.config import load_params, parse_params
+    from sipl.training.allocator import keep_freed_memory
 
     params = load_params(args.params)
     if args.train_override:
@@ -364,10 +371,13 @@ def main() -> int:
     figures: dict[str, object] = {"profile": params.profile, "patch": cfg.patch, "worker_batch": batch,
                                   "head_crops": cfg.head_samples * batch if model_cfg.degradation_head else 0,
                                   "channels_last": cfg.channels_last, "fused_optimizer": cfg.fused_optimizer,
+                                  "keep_freed_memory": params.ray.keep_freed_memory,
                                   "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                   "load_average": list(os.getloadavg())}
 
     torch.set_num_threads(1)
+    if params.ray.keep_freed_memory:  # as the training workers do
+        keep_freed_memory()
     sipl_args = model_cfg.build_arguments(sipl=True, tasks=list(params.tasks))
     plain_args = model_cfg.build_arguments(sipl=False, tasks=list(params.tasks))
     reference = cfg.model_copy(update=REFERENCE_RECIPE)
@@ -399,7 +409,8 @@ def main() -> int:
     figures["train_fraction_of_matmul_cpu"] = figures["train_gflops_1thread_cpu"] / matmul["cpu"]
     figures["reference_fraction_of_matmul_cpu"] = figures["reference_gflops_1thread_cpu"] / matmul["cpu"]
 
-    figures.update(concurrent_scaling(sipl_args, cfg, batch, cfg.patch, args.concurrent_steps))
+    figures.update(concurrent_scaling(sipl_args, cfg, batch, cfg.patch, args.concurrent_steps,
+                                      params.ray.keep_freed_memory))
 
     if not args.no_ray:
         data = _BenchmarkData(params)
@@ -436,7 +447,8 @@ def main() -> int:
     load = ", ".join(f"{value:.2f}" for value in figures["load_average"])
     print(f"profile {params.profile}: {model_cfg.backbone}/{model_cfg.size}, patch {cfg.patch}, "
           f"worker batch {batch} (+ {figures['head_crops']} head crops), channels_last {cfg.channels_last}, "
-          f"fused AdamW {cfg.fused_optimizer}, {os.cpu_count()} CPUs, load average at start {load}")
+          f"fused AdamW {cfg.fused_optimizer}, keep_freed_memory {params.ray.keep_freed_memory}, "
+          f"{os.cpu_count()} CPUs, load average at start {load}")
     print(f"  trainer step (forward, backward, clipping, AdamW), 1 thread, median of {args.step_repeats}, wall / CPU: "
           f"SIPL {figures['sipl_step_s'] * 1e3:.0f} / {figures['sipl_step_cpu_s'] * 1e3:.0f} ms, plain "
           f"{figures['plain_step_s'] * 1e3:.0f} / {figures['plain_step_cpu_s'] * 1e3:.0f} ms (SIPL/plain "

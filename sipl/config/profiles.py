@@ -131,6 +131,10 @@ class RayConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; null = cpus_per_worker")
+    keep_freed_memory: bool = Field(True, description=(
+        "each training worker keeps the memory a step frees for the next step (glibc malloc: blocks up to 32 MiB "
+        "from the heap, trimmed only past 1 GiB; sipl.training.allocator) instead of mapping and faulting it in "
+        "again every step; no effect where the C library is not glibc"))
     storage_path: str = ".ray/results"
     run_name: str = "sipl-train"
     max_failures: int = Field(2, ge=0)

@@ -22,6 +22,7 @@ import torch
 from sipl.atomic_files import write_json_atomic
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
+from sipl.training.allocator import keep_freed_memory
 from sipl.training.checkpoint import load_training_state, save_training_state
 from sipl.training.step import (accumulate_gradients, build_optimizer, ema_update, memory_format_of, step_module_for,
                                 to_memory_format, unused_parameters)
@@ -156,6 +157,8 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
     device = device or torch.device("cpu")
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
+    if params.ray.keep_freed_memory:
+        keep_freed_memory()
 
     torch.manual_seed(params.seed)
     memory_format = memory_format_of(cfg)
