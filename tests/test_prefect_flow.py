@@ -126,15 +126,26 @@ def _trigger(repo: Path, env: dict, *params: str) -> str:
     return match.group(1)
 
 
-def _flow_run_logs(api: str, run_id: str) -> str:
-    messages, offset = [], 0
+def _flow_run_logs(api: str, run_id: str, timeout_s: float = 60.0) -> str:
+    """All log messages of a flow run, oldest first.
+
+    The run's process posts its logs in batches and may still be sending them after the server marks the run
+    terminal, so this waits for the flow's own closing line ("Finished in state ...", no task run) first.
+    """
+    deadline = time.monotonic() + timeout_s
     while True:
-        page = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
-                                          "limit": 200, "offset": offset})
-        messages += [entry["message"] for entry in page]
-        if len(page) < 200:
-            return "\n".join(messages)
-        offset += len(page)
+        entries, offset = [], 0
+        while True:
+            page = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
+                                              "limit": 200, "offset": offset})
+            entries += page
+            if len(page) < 200:
+                break
+            offset += len(page)
+        closed = any(e["task_run_id"] is None and e["message"].startswith("Finished in state") for e in entries)
+        if closed or time.monotonic() > deadline:
+            return "\n".join(entry["message"] for entry in entries)
+        time.sleep(1)
 
 
 def _wait_terminal(api: str, run_id: str, timeout_s: float) -> dict:
@@ -200,7 +211,8 @@ def test_deployment_run_records_experiment_pushes_publishes_and_fails_clearly(pr
     text = _flow_run_logs(api, run_id)
     assert "Running stage 'select'" in text and "Stage 'train' didn't change, skipping" in text
     assert "Running stage 'train'" not in text  # nothing recomputed that DVC had up to date
-    assert "$ dvc push --remote storage" in text and SECRET not in text
+    assert "$ dvc push --remote storage" in text, text[-3000:]
+    assert SECRET not in text
     assert "in sync" in run(["dvc", "status", "--cloud"], repo, env).stdout  # the run pushed everything
 
     artifacts = _api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
