@@ -126,6 +126,17 @@ def _trigger(repo: Path, env: dict, *params: str) -> str:
     return match.group(1)
 
 
+def _log_entries(api: str, run_id: str) -> list[dict]:
+    """Every log entry the server holds for a flow run, oldest first (the API pages by 200)."""
+    entries: list[dict] = []
+    while True:
+        page = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
+                                          "limit": 200, "offset": len(entries)})
+        entries += page
+        if len(page) < 200:
+            return entries
+
+
 def _flow_run_logs(api: str, run_id: str, timeout_s: float = 60.0) -> str:
     """All log messages of a flow run, oldest first.
 
@@ -134,14 +145,7 @@ def _flow_run_logs(api: str, run_id: str, timeout_s: float = 60.0) -> str:
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        entries, offset = [], 0
-        while True:
-            page = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
-                                              "limit": 200, "offset": offset})
-            entries += page
-            if len(page) < 200:
-                break
-            offset += len(page)
+        entries = _log_entries(api, run_id)
         closed = any(e["task_run_id"] is None and e["message"].startswith("Finished in state") for e in entries)
         if closed or time.monotonic() > deadline:
             return "\n".join(entry["message"] for entry in entries)
