@@ -414,3 +414,51 @@ def test_dead_leaves_take_the_photo_colours_and_replace_a_share_of_crops(shards)
     items = _take(_stream(shards, patch=32, task_steps=steps, synthetic_share=0.5), 100)
     synthetic = [i for i in items if i["key"].endswith("#leaves")]
     assert 0.3 < len(synthetic) / len(items) < 0.7
+
+
+def test_clean_only_train_shards_feed_every_task_with_fresh_degradations(tmp_path):
+    """`shards.train_pairs: false` stores each clean crop once; the stream still yields every task, each degraded
+    afresh, and a crop read for two tasks gets two different inputs."""
+    from PIL import Image
+
+    from sipl.data.synthesize import synthesize
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(_clean(rng, 64)).save(folder / f"p{i}.png")
+    params = parse_params({
+        "sources": [{"kind": "folder", "path": str(folder)}],
+        "splits": {"val_fraction": 0.2, "test_fraction": 0.0},
+        "crops": {"train": {"size": 48, "per_image": 2}, "val": {"size": 32}},
+        "tasks": TASKS, "shards": {"root": str(tmp_path / "shards")},
+        "profiles": {"tiny": {"train": {"patch": 32}}},
+    })
+    manifest = synthesize(params, workers=1, progress=False)
+    assert list(manifest["splits"]["train"]) == ["clean"]
+    urls = check_shards(str(tmp_path / "shards"), list(TASKS), "train", manifest=manifest)
+    assert urls["denoise"] == urls["lowlight"]  # both read the one clean set
+    steps = {task: config["steps"] for task, config in TASKS.items()}
+    stream = TrainStream(StreamConfig(task_urls=urls, weights={"denoise": 0.5, "lowlight": 0.5}, patch=32, seed=1,
+                                      shuffle_buffer=4, task_steps=steps))
+    items = _take(stream, 60)
+    assert {item["task"] for item in items} == set(TASKS)
+    for item in items:
+        assert item["lq"].shape == item["gt"].shape == (32, 32, 3)
+        assert not np.array_equal(item["lq"], item["gt"]), item["key"]
+    dark = [item for item in items if item["task"] == "lowlight"]
+    assert all(item["lq"].mean() < item["gt"].mean() for item in dark)
+
+
+def test_clean_only_train_shards_refuse_training_without_fresh_degradations(tmp_path):
+    from sipl.data.shards import join, read_manifest, write_json
+    from sipl.training.launcher import make_spec
+
+    root = make_shards(tmp_path / "shards")
+    manifest = read_manifest(str(root))
+    manifest["train_pairs"] = False
+    manifest["splits"]["train"] = {"clean": manifest["splits"]["train"]["denoise"]}
+    write_json(join(str(root), "manifest.json"), manifest)
+    with pytest.raises(SiplError, match="fresh_degradations is false"):
+        make_spec(tiny_params(root, fresh_degradations=False))

@@ -77,11 +77,34 @@ def test_splits_are_disjoint_by_source_and_samples_carry_their_parameters(tmp_pa
         assert seen == sources[split]
     test_samples = list(iter_samples(shard_urls(str(root), "test", "low_haze")))
     assert all(s.gt.shape[0] % 16 == 0 and s.gt.shape[1] % 16 == 0 and max(s.gt.shape) <= 48 for s in test_samples)
-    sample = next(iter_samples(shard_urls(str(root), "train", "low_haze")))
+    sample = next(iter_samples(shard_urls(str(root), "val", "low_haze")))
     assert [step["name"] for step in sample.meta["applied"]] == ["low_light", "haze"]
     assert sample.meta["seed"] and sample.meta["crop_box"][2:] == [32, 32]
     assert not np.array_equal(sample.lq, sample.gt)
-    assert manifest["splits"]["train"]["denoise_25"]["samples"] == 3 * len(sources["train"])
+    # the default train split stores each clean crop once; training degrades it afresh per read
+    assert manifest["train_pairs"] is False and list(manifest["splits"]["train"]) == ["clean"]
+    assert manifest["splits"]["train"]["clean"]["samples"] == 3 * len(sources["train"])
+
+
+def test_clean_only_train_split_stores_each_crop_once_and_paired_mode_keeps_every_task(tmp_path):
+    folder = _folder(tmp_path)
+    clean = synthesize(_params(folder, tmp_path / "clean_only"), progress=False)
+    paired = synthesize(_params(folder, tmp_path / "paired", shards={"root": str(tmp_path / "paired"), "maxcount": 4,
+                                                                   "encoding": "npy", "train_pairs": True}),
+                        progress=False)
+    # the same crop boxes, stored once without an input instead of once per task with one
+    clean_samples = list(iter_samples(shard_urls(str(tmp_path / "clean_only"), "train", "low_haze")))
+    assert all(s.key.startswith("clean__") and s.lq is s.gt for s in clean_samples)
+    paired_samples = list(iter_samples(shard_urls(str(tmp_path / "paired"), "train", "low_haze")))
+    assert [s.meta["crop_box"] for s in paired_samples] == [s.meta["crop_box"] for s in clean_samples]
+    assert [step["name"] for step in paired_samples[0].meta["applied"]] == ["low_light", "haze"]
+    assert sorted(paired["splits"]["train"]) == ["denoise_25", "low_haze"]
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name / "train").glob("*.tar"))
+            for name in ("clean_only", "paired")}
+    assert size["clean_only"] < size["paired"] / 2  # gt once against 2 tasks × (lq + gt); tar headers weigh at 32²
+    # val and test are the same in both modes
+    assert {k: v for k, v in clean["splits"].items() if k != "train"} == \
+        {k: v for k, v in paired["splits"].items() if k != "train"}
 
 
 def test_bad_files_are_skipped_listed_and_left_untouched(tmp_path, capsys):
@@ -170,4 +193,4 @@ def test_s3_sources_and_shards_round_trip(tmp_path, s3_endpoint, monkeypatch):
     assert read_manifest("s3://shards/run1") == remote
     assert json.loads((tmp_path / "data" / "shards" / "manifest.json").read_text()) == remote
     samples = list(iter_samples(shard_urls("s3://shards/run1", "train", "denoise_25")))
-    assert len(samples) == remote["splits"]["train"]["denoise_25"]["samples"]
+    assert len(samples) == remote["splits"]["train"]["clean"]["samples"]

@@ -112,6 +112,10 @@ class ShardsConfig(Strict):
     root: str = "data/shards"
     maxcount: int = Field(256, ge=1)
     encoding: Literal["npy", "png"] = "npy"
+    train_pairs: bool = Field(False, description=(
+        "true: the train split holds a degraded copy of every crop for every task (lq + gt per task, needed by "
+        "train.fresh_degradations: false); false: it holds each clean crop once (task 'clean') and training degrades "
+        "it afresh at every read, 1/(2 x tasks) of the bytes"))
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -79,13 +79,9 @@ def _object_size(url: str) -> int | None:
     from sipl.data.shards import is_remote
 
     if is_remote(url):
-        import fsspec
+        from sipl import storage
 
-        fs, path = fsspec.core.url_to_fs(url)
-        try:
-            return int(fs.size(path))
-        except FileNotFoundError:
-            return None
+        return storage.size(url)
     return os.path.getsize(url) if os.path.isfile(url) else None
 
 
@@ -97,13 +93,16 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
     ``verify_sha256``, local shards) matches the manifest's sha256, which also catches truncated tars. ``required=False``
     leaves tasks without shards out (with a warning) instead of failing. Raises SiplError naming the split,
     task and shard and what to do."""
-    from sipl.data.shards import is_remote, join, read_manifest
+    from sipl.data.shards import data_root, is_remote, join, read_manifest, train_entries
 
     manifest = manifest if manifest is not None else read_manifest(root)
+    base = data_root(root, manifest)
     listed = manifest.get("splits", {}).get(split, {})
+    tasks = list(tasks)
+    entries = train_entries(manifest, tasks) if split == "train" else {task: listed.get(task) for task in tasks}
     result: dict[str, list[str]] = {}
     for task in tasks:
-        entry = listed.get(task)
+        entry = entries[task]
         shards = (entry or {}).get("shards") or []
         if not shards:
             message = (f"{join(root, 'manifest.json')}: task '{task}' has no {split} shards "
@@ -115,7 +114,7 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
             continue
         urls = []
         for shard in shards:
-            url = join(root, split, shard["name"])
+            url = join(base, split, shard["name"])
             size = _object_size(url)
             if size is None:
                 raise SiplError(f"shard {url} (task '{task}', split '{split}') is listed in the manifest but "
@@ -208,6 +207,10 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     def _handler(self, task: str):
         def handle(error: Exception) -> bool:
+            from sipl.storage import StorageError
+
+            if isinstance(error, StorageError):  # the storage failed, not the data: never skipped as corrupt
+                raise StorageError(str(error.args[0])) from None  # (WebDataset appended the URL to its args)
             if self.config.corrupt_samples != "skip":
                 raise SiplError(f"task '{task}': corrupt shard data ({error}); set train.corrupt_samples: skip "
                                 "to skip it, or re-run `sipl synthesize`") from None

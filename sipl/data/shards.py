@@ -1,7 +1,10 @@
 """WebDataset shards: the on-disk (or on-S3) format between synthesis and training / evaluation.
 
 Layout: ``{root}/{split}/{task}-{NNNNNN}.tar`` and ``{root}/manifest.json``; ``root`` is a local folder or an
-``s3://bucket/prefix``. A sample is three tar members sharing the key ``{task}__{source_id}__{crop:03d}``:
+``s3://bucket/prefix``. On S3 each complete set lives in a generation prefix of its own,
+``{root}/{generation}/{split}/...``, and ``{root}/manifest.json`` names it (``"generation"``): the manifest is the
+pointer that readers follow (``data_root``), written last, so a failed write never touches the set it names
+(``sipl.data.publish``). A sample is three tar members sharing the key ``{task}__{source_id}__{crop:03d}``:
 ``lq.npy`` and ``gt.npy`` (uint8 H×W×3; ``.png`` when the encoding is png) and ``json`` (task, family, split,
 source_id, crop_box, seed, applied degradation parameters).
 
@@ -22,12 +25,15 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from sipl import storage
 from sipl.errors import SiplError
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.json"
 SPLITS = ("train", "val", "test")
 KEY_SEPARATOR = "__"
+# The one set of a clean-only train split (shards.train_pairs: false): clean crops, degraded by the loader per read.
+CLEAN_SET = "clean"
 
 
 # ----------------------------------------------------------------------------------------------- locations
@@ -44,9 +50,7 @@ def join(root: str, *parts: str) -> str:
 
 
 def _open_remote(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
-    import fsspec
-
-    return fsspec.open(url, mode).open()
+    return storage.RemoteReader(url)
 
 
 def _register_gopen_s3() -> None:
@@ -74,40 +78,29 @@ def require_bucket(url: str, key: str) -> None:
     """
     if not is_remote(url):
         return
-    import fsspec
-
     bucket = bucket_of(url)
-    fs = fsspec.filesystem("s3")
     try:
-        fs.ls(bucket, refresh=True)
+        with storage.storage_errors("list", f"s3://{bucket} (the bucket of {key})"):
+            storage.filesystem().ls(bucket, refresh=True)
     except FileNotFoundError:
         raise SiplError(f"{key}: bucket '{bucket}' of {url} does not exist. Create it first (sipl never creates "
                         f"buckets) or fix the bucket name in {key}.") from None
-    except Exception as error:  # botocore / aiohttp errors vary; the type and message say what is wrong
-        raise SiplError(f"{key}: cannot reach bucket '{bucket}' of {url} ({type(error).__name__}: {error}). Check "
-                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL.") from None
 
 
 def read_bytes(url: str) -> bytes:
     """Whole content of a local file or an s3:// object."""
     if is_remote(url):
-        import fsspec
-
-        with fsspec.open(url, "rb") as stream:
-            return stream.read()
+        return storage.read(url)
     return Path(url).read_bytes()
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a whole object atomically: a temporary name + rename locally; one PUT on S3 (atomic by S3 semantics)."""
+    """Write a whole object atomically: a temporary name + rename locally; one PUT on S3 (atomic by S3 semantics;
+    a missing bucket fails and is never created)."""
     if is_remote(url):
-        import fsspec
-
-        # auto_mkdir would create a missing bucket (fsspec's default for writes); a missing bucket must fail.
-        with fsspec.open(url, "wb", auto_mkdir=False) as stream:
-            stream.write(data)
+        storage.write(url, data)
         return
-    from sipl.data.imageio import write_bytes_atomic
+    from sipl.atomic_files import write_bytes_atomic
 
     write_bytes_atomic(data, url)
 
@@ -128,11 +121,12 @@ def sample_key(task: str, source_id: str, crop_index: int) -> str:
 
 @dataclass
 class Sample:
-    """One degraded/clean pair. ``lq`` and ``gt``: uint8 H×W×3 RGB arrays; ``meta``: the sample's json."""
+    """One degraded/clean pair. ``lq`` and ``gt``: uint8 H×W×3 RGB arrays (``lq`` None when writing a clean-only
+    train sample, set ``CLEAN_SET``); ``meta``: the sample's json."""
 
     key: str
     task: str
-    lq: np.ndarray
+    lq: np.ndarray | None
     gt: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -172,8 +166,11 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
     key = raw.get("__key__", "?")
     where = f"sample {key} in {raw.get('__url__', 'shard')}"
     images = {}
-    for role in ("lq", "gt"):
+    for role in ("gt", "lq"):
         member = next((name for name in raw if name.startswith(role + ".")), None)
+        if member is None and role == "lq" and key.startswith(CLEAN_SET + KEY_SEPARATOR):
+            images["lq"] = images["gt"]  # a clean-only train sample: its input is degraded afresh by the loader
+            continue
         if member is None:
             raise SiplError(f"{where}: no '{role}.npy' or '{role}.png' member")
         images[role] = _decode_array(raw[member], member.split(".", 1)[1], where)
@@ -206,6 +203,8 @@ def encode_shard(samples: Iterable[Sample], encoding: str = "npy") -> bytes:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             for role, image in (("lq", sample.lq), ("gt", sample.gt)):
+                if image is None:  # clean-only train samples store the ground truth alone
+                    continue
                 extension, data = _encode_array(image, encoding)
                 _tar_member(tar, f"{sample.key}.{role}.{extension}", data)
             meta = json.dumps(sample.meta, sort_keys=True, separators=(",", ":")).encode()
@@ -257,6 +256,22 @@ def read_manifest(root: str) -> dict[str, Any]:
     return manifest
 
 
+def data_root(root: str, manifest: dict[str, Any]) -> str:
+    """Where the shards a manifest lists live: ``{root}/{generation}`` for a set written in generations (S3),
+    else ``root`` itself."""
+    generation = manifest.get("generation")
+    return join(root, generation) if generation else root
+
+
+def train_entries(manifest: dict[str, Any], tasks: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """The manifest's train entry of each task; in a clean-only train split (``shards.train_pairs: false``) every
+    task reads the one ``clean`` entry."""
+    listed = manifest.get("splits", {}).get("train", {})
+    if manifest.get("train_pairs", True) is False:
+        return {task: listed.get(CLEAN_SET) for task in tasks}
+    return {task: listed.get(task) for task in tasks}
+
+
 def shard_urls(root: str, split: str, task: str | None = None, manifest: dict[str, Any] | None = None) -> list[str]:
     """URLs (local paths or s3://) of the shards of a split, optionally of one task, in manifest order.
 
@@ -266,6 +281,8 @@ def shard_urls(root: str, split: str, task: str | None = None, manifest: dict[st
     if not tasks:
         raise SiplError(f"{join(root, MANIFEST)}: split '{split}' has no shards; check splits.* fractions and "
                         "re-run `sipl synthesize`")
+    if task is not None and split == "train" and manifest.get("train_pairs", True) is False:
+        task = CLEAN_SET  # a clean-only train split: every task reads the clean crops
     if task is not None:
         if task not in tasks or not tasks[task]["shards"]:
             raise SiplError(f"{join(root, MANIFEST)}: task '{task}' has no shards in split '{split}' "
@@ -273,7 +290,8 @@ def shard_urls(root: str, split: str, task: str | None = None, manifest: dict[st
         selected = [task]
     else:
         selected = sorted(tasks)
-    return [join(root, split, entry["name"]) for name in selected for entry in tasks[name]["shards"]]
+    base = data_root(root, manifest)
+    return [join(base, split, entry["name"]) for name in selected for entry in tasks[name]["shards"]]
 
 
 def iter_tar_members(url: str) -> Iterator[tuple[str, bytes]]:
@@ -298,8 +316,8 @@ def _tar_members(url: str, data: bytes) -> Iterator[tuple[str, bytes]]:
 def shard_entries(root: str, split: str, task: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest entries of one split/task with their URLs: ``[{"url", "name", "samples", "sha256"}]``."""
     shard_urls(root, split, task, manifest=manifest)  # SiplError naming split/task when it has no shards
-    return [{**entry, "url": join(root, split, entry["name"])}
-            for entry in manifest["splits"][split][task]["shards"]]
+    base = data_root(root, manifest)
+    return [{**entry, "url": join(base, split, entry["name"])} for entry in manifest["splits"][split][task]["shards"]]
 
 
 def verify_shards(entries: list[dict[str, Any]], fix: str = "re-run `sipl synthesize` or `dvc pull`") -> None:

@@ -2,15 +2,16 @@
 
 Determinism: a sample's degradation generator is seeded from (seed, task, source id, crop index) only and its crop
 box from (seed, source id, crop index), so the same params give byte-identical shards regardless of worker count
-or order. Local output is built in a staging folder and swapped in when complete; S3 output is written object by
-object (each PUT is atomic) with the manifest last, so a reader never sees a manifest naming a missing shard.
+or order. Local output is built in a staging folder and swapped in when complete; S3 output goes to a new generation
+prefix and the manifest, written last, switches readers to it (``sipl.data.publish``), so a failed or interrupted
+run never touches the complete set the manifest named before, and a reader never sees a manifest naming a missing
+shard.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ import numpy as np
 
 from sipl.config import Params
 from sipl.config.sections import SplitCropConfig, TaskConfig
-from sipl.data.shards import (MANIFEST, SKIPPED, SPLITS, Sample, is_remote, join, sample_key, write_json,
-                         write_task_shards)
+from sipl.data.publish import NewSet
+from sipl.data.shards import (CLEAN_SET, MANIFEST, SKIPPED, SPLITS, Sample, is_remote, sample_key, write_json,
+                              write_task_shards)
 from sipl.data.sources import SourceImage, Skipped, assign_splits, load_sources
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
+from sipl.storage import StorageError
 
 # With shards on S3, the manifest and the skipped list are mirrored here so the DVC stage has a local output.
 LOCAL_INDEX_DIR = "data/shards"
@@ -69,9 +72,11 @@ def _samples_for(job: Job) -> list[Sample]:
 
     cv2.setNumThreads(1)
     params: Params = _STATE["params"]
-    task: TaskConfig = params.tasks[job.task]
     crop_cfg: SplitCropConfig = getattr(params.crops, job.split)
     samples = []
+    if job.task == CLEAN_SET:
+        return _clean_samples(params, _STATE["by_split"][job.split], crop_cfg, job.split)
+    task: TaskConfig = params.tasks[job.task]
     for source in _STATE["by_split"][job.split]:
         crop_rng = np.random.default_rng(derive_seed(params.seed, "crop", source.source_id))
         for index, (top, left, h, w) in enumerate(crop_boxes(source.image.shape, crop_cfg, crop_rng)):
@@ -86,6 +91,21 @@ def _samples_for(job: Job) -> list[Sample]:
                 "source": source.uri, "crop_box": [top, left, h, w], "seed": seed, "applied": applied,
             }
             samples.append(Sample(sample_key(job.task, source.source_id, index), job.task, lq, gt, meta))
+    return samples
+
+
+def _clean_samples(params: Params, sources: list[SourceImage], crop_cfg: SplitCropConfig,
+                   split: str) -> list[Sample]:
+    """Clean crops stored once (``shards.train_pairs: false``): the same crop boxes as the per-task samples, no
+    input (the loader degrades each crop afresh at every read)."""
+    samples = []
+    for source in sources:
+        crop_rng = np.random.default_rng(derive_seed(params.seed, "crop", source.source_id))
+        for index, (top, left, h, w) in enumerate(crop_boxes(source.image.shape, crop_cfg, crop_rng)):
+            gt = np.ascontiguousarray(source.image[top:top + h, left:left + w])
+            meta = {"task": CLEAN_SET, "family": CLEAN_SET, "split": split, "source_id": source.source_id,
+                    "source": source.uri, "crop_box": [top, left, h, w]}
+            samples.append(Sample(sample_key(CLEAN_SET, source.source_id, index), CLEAN_SET, None, gt, meta))
     return samples
 
 
@@ -112,28 +132,6 @@ def check_shards_root(root: str, source: str = "params.yaml") -> None:
     writable_dir(target.resolve().parent, key)  # the shards are built beside it, then renamed into place
 
 
-def _staging_root(root: str) -> str:
-    if is_remote(root):
-        return root
-    staging = Path(f"{root.rstrip('/')}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return str(staging)
-
-
-def _publish(staging: str, root: str) -> None:
-    """Swap a complete local staging folder into place (the old output is removed only after the swap)."""
-    if is_remote(root):
-        return
-    target = Path(root)
-    old = Path(f"{root.rstrip('/')}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    Path(staging).rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def synthesize(params: Params, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the stage; returns the manifest written to ``{shards.root}/manifest.json``."""
     started = time.perf_counter()
@@ -154,24 +152,29 @@ def synthesize(params: Params, workers: int | None = None, progress: bool = True
                 skipped.append(Skipped(image.uri, f"{image.image.shape[1]}x{image.image.shape[0]} is smaller than "
                                                   f"the {split} crop (crops.{split})"))
     root = params.shards.root
-    staging = _staging_root(root)
-    _STATE.update(params=params, by_split=by_split, out_root=staging)
-    jobs = [Job(split, task) for split in SPLITS for task in sorted(params.tasks) if by_split[split]]
+    target = NewSet(root)  # a staging folder, or on S3 a new generation that no manifest names yet
+    _STATE.update(params=params, by_split=by_split, out_root=target.out)
+    jobs = [Job(split, task) for split in SPLITS for task in _split_sets(params, split) if by_split[split]]
     workers = workers or min(len(jobs), os.cpu_count() or 1, 4)
     results = []
     try:
         if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            try:
                 results = list(_progress(pool.map(_run_job, jobs), len(jobs), progress))
+            finally:
+                # After a failure the jobs not started yet are cancelled: an unreachable endpoint would otherwise
+                # cost every remaining job its full retry time before the error is shown.
+                pool.shutdown(wait=True, cancel_futures=True)
         else:
             results = list(_progress(map(_run_job, jobs), len(jobs), progress))
-        manifest = _manifest(params, results, by_split, skipped)
-        write_json(join(staging, SKIPPED), [{"uri": s.uri, "reason": s.reason} for s in skipped])
-        write_json(join(staging, MANIFEST), manifest)
-        _publish(staging, root)
+        manifest = target.commit(_manifest(params, results, by_split, skipped),
+                                 [{"uri": s.uri, "reason": s.reason} for s in skipped])
+    except StorageError as error:
+        target.abandon()
+        raise StorageError(f"{error}; {target.kept()}") from None
     except BaseException:
-        if not is_remote(root):
-            shutil.rmtree(staging, ignore_errors=True)
+        target.abandon()
         raise
     finally:
         _STATE.clear()
@@ -180,6 +183,13 @@ def synthesize(params: Params, workers: int | None = None, progress: bool = True
         write_json(str(Path(LOCAL_INDEX_DIR, SKIPPED)), [{"uri": s.uri, "reason": s.reason} for s in skipped])
     print(summary_table(manifest, skipped, time.perf_counter() - started))
     return manifest
+
+
+def _split_sets(params: Params, split: str) -> list[str]:
+    """The shard sets of a split: one per task, or for a clean-only train split the one clean set."""
+    if split == "train" and not params.shards.train_pairs:
+        return [CLEAN_SET]
+    return sorted(params.tasks)
 
 
 def _progress(iterator, total: int, enabled: bool):
@@ -193,12 +203,12 @@ def _progress(iterator, total: int, enabled: bool):
 def _manifest(params: Params, results, by_split, skipped: list[Skipped]) -> dict[str, Any]:
     splits: dict[str, dict[str, Any]] = {}
     for job, entries, count in results:
-        splits.setdefault(job.split, {})[job.task] = {
-            "samples": count, "family": params.tasks[job.task].family, "shards": entries,
-        }
+        family = CLEAN_SET if job.task == CLEAN_SET else params.tasks[job.task].family
+        splits.setdefault(job.split, {})[job.task] = {"samples": count, "family": family, "shards": entries}
     return {
         "version": 1,
         "encoding": params.shards.encoding,
+        "train_pairs": params.shards.train_pairs,
         "seed": params.seed,
         "splits": splits,
         "sources": {split: [image.source_id for image in by_split[split]] for split in SPLITS},

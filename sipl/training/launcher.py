@@ -27,9 +27,12 @@ from sipl.training.sessions import RaySession
 def fingerprint(params, train_urls: dict[str, list[str]], manifest: dict | None) -> str:
     """Short hash of everything that defines a run's optimisation: model, train recipe, seed, tasks, train data
     (the manifest's shard checksums). The worker count is not part of it: the global batch fixes the recipe."""
+    from sipl.data.shards import train_entries
+
     data = {}
+    entries = train_entries(manifest or {}, sorted(train_urls))
     for task in sorted(train_urls):
-        entry = (manifest or {}).get("splits", {}).get("train", {}).get(task, {})
+        entry = entries[task] or {}
         data[task] = [s.get("sha256") or s.get("name") for s in entry.get("shards", [])]
     payload = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                "seed": params.seed, "data": data}
@@ -62,6 +65,10 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     # Ray workers do not run in the driver's working directory: hand them absolute local shard paths.
     root = params.shards.root if is_remote(params.shards.root) else str(Path(params.shards.root).resolve())
     manifest = read_manifest(root)
+    if manifest.get("train_pairs", True) is False and not cfg.fresh_degradations:
+        raise SiplError(f"{root}: the train shards hold clean crops only (shards.train_pairs: false), but "
+                        f"profiles.{params.profile}.train.fresh_degradations is false, so nothing would degrade "
+                        "them; set fresh_degradations: true, or shards.train_pairs: true and re-run `sipl synthesize`")
     tasks = list(params.tasks)
     train_urls = check_shards(root, tasks, "train", manifest=manifest)
     val_urls = check_shards(root, tasks, "val", required=False, manifest=manifest)
@@ -130,7 +137,11 @@ def storage_for(storage_path: str, project_dir: str | os.PathLike = ".") -> tupl
         import pyarrow.fs
         import s3fs
 
-        # The endpoint travels inside the (pickled) filesystem: Ray's controller and workers use it too.
+        from sipl import storage
+
+        # The endpoint and the retry policy (sipl.storage) travel inside the (pickled) filesystem: Ray's controller
+        # and workers use them too.
+        storage.configure()
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
         s3 = s3fs.S3FileSystem(endpoint_url=endpoint) if endpoint else s3fs.S3FileSystem()
         filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(s3))
@@ -167,7 +178,7 @@ def fit(params, *, project_dir: str | os.PathLike = ".", stop_at_step: int | Non
         try:
             result = trainer.fit()
         except Exception as error:  # Ray wraps worker errors (TrainingFailedError); surface the cause
-            raise SiplError(f"training run {run_name} failed: {_root_message(error)}") from None
+            raise _failure(error, run_name, params) from None
         metrics = dict(result.metrics or {})
         if metrics.get("failed"):
             raise SiplError(f"training run {run_name}: {metrics['failed']}")
@@ -184,13 +195,39 @@ def fit(params, *, project_dir: str | os.PathLike = ".", stop_at_step: int | Non
             ray.shutdown()
 
 
+def _failure(error: BaseException, run_name: str, params) -> SiplError:
+    """The error ``sipl train`` reports for a failed Ray run: a worker's StorageError as it was raised, another
+    storage failure (e.g. writing a checkpoint to ``ray.storage_path`` on S3) as a StorageError naming the endpoint
+    and the run's storage, else the worker's own SiplError message (exit 2)."""
+    from sipl import storage
+
+    message = _root_message(error)
+    if _raised_as(error, "StorageError"):
+        return storage.StorageError(f"training run {run_name} failed: {message}")
+    line = storage.failure_in_text(str(error))
+    if line is not None:
+        resume = ("re-run `sipl train` when the endpoint answers: the run resumes from its last checkpoint that was "
+                  "written completely")
+        return storage.StorageError(
+            f"training run {run_name} failed: S3 endpoint {storage.endpoint()}: a storage request failed after its "
+            f"retries ({line}); the run's storage is {params.ray.storage_path} and its shards {params.shards.root}; "
+            f"check that the endpoint is up and reachable (AWS_ENDPOINT_URL) and the credentials, then {resume}")
+    return SiplError(f"training run {run_name} failed: {message}")
+
+
+def _raised_as(error: BaseException, name: str) -> bool:
+    return any(line.split(":", 1)[0].strip().endswith(name) for line in str(error).splitlines() if ":" in line)
+
+
 def _root_message(error: BaseException) -> str:
-    """The message of the first ``SiplError`` raised in a worker, from Ray's wrapped error text. Only lines of the
-    form ``...SiplError: message`` count: the traceback also quotes source lines that construct a SiplError."""
+    """The message of the first ``SiplError`` (or ``StorageError``) raised in a worker, from Ray's wrapped error
+    text. Only lines of the form ``...SiplError: message`` count (the traceback also quotes source lines that
+    construct one), and not the line a DataLoader worker's error is re-raised with (``Caught X in DataLoader``)."""
     text = str(error)
     for line in text.splitlines():
-        if "SiplError:" in line:
-            return line.split("SiplError:", 1)[-1].strip()
+        for name in ("SiplError:", "StorageError:"):
+            if name in line and not line.split(name, 1)[-1].strip().startswith("Caught "):
+                return line.split(name, 1)[-1].strip()
     return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
 
 
