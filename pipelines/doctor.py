@@ -143,12 +143,12 @@ except Exception as error:
 
 
 def check_remote(root: Path, timeout_s: float) -> list[Check]:
-    env = dvc_runner.tool_env()
+    # A diagnosis wants a quick answer: 2 attempts, unless the user set their own.
+    env = dvc_runner.tool_env({**os.environ, "AWS_MAX_ATTEMPTS": os.environ.get("AWS_MAX_ATTEMPTS", "2")})
     name = dvc_runner.default_remote(root, env)
     if not name:
         return [Check("DVC remote", "warn", "none configured: artifacts stay in this clone. To share them: "
                       "`dvc remote add -d storage s3://BUCKET/PREFIX` (docs/orchestration.md)")]
-    env.setdefault("AWS_MAX_ATTEMPTS", "2")
     try:
         out = subprocess.run([sys.executable, "-c", _REMOTE_PROBE, name], cwd=root, env=env, capture_output=True,
                              text=True, timeout=timeout_s)

@@ -18,29 +18,20 @@ import yaml
 
 from sipl.config import ConfigError, load_params
 from sipl.errors import SiplError
+from sipl.redaction import SECRET_ENV_KEYS, redact, secret_values  # noqa: F401  (also used as dvc_runner.*)
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
 
-# Environment variables whose values must never reach a log line or an artifact.
-SECRET_ENV_KEYS = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "PREFECT_API_KEY",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "AZURE_STORAGE_KEY",
-)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
-
-
 def tool_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for DVC and the stage commands: this interpreter's bin first on PATH (so ``sipl`` and ``dvc``
-    resolve to this installation), analytics off, unbuffered Python output so logs stream line by line."""
+    resolve to this installation), analytics off, unbuffered Python output so logs stream line by line, and S3
+    requests retried as ``sipl.storage`` retries them (``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS``, unless set)."""
     from sipl.env import QUIET_DEFAULTS
 
-    env = dict(os.environ if base is None else base)
+    from sipl.storage import retry_env
+
+    env = retry_env(dict(os.environ if base is None else base))  # DVC's S3 client: standard retries, as sipl's
     for key, value in QUIET_DEFAULTS.items():
         env.setdefault(key, value)
     bin_dir = str(Path(sys.executable).parent)
@@ -102,20 +93,6 @@ def uncached_outputs(root: Path) -> list[str]:
     return paths
 
 
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """Values of credential variables present in ``env`` (default: os.environ), longest first."""
-    env = os.environ if env is None else env
-    values = {env[key] for key in SECRET_ENV_KEYS if env.get(key) and len(env[key]) >= 4}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value and every ``user:password@`` part of a URL replaced by ``***``."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
-
-
 def stream_command(argv: list[str], cwd: Path, on_line: Callable[[str], None], env: dict[str, str] | None = None,
                    tail: int = 40) -> tuple[int, list[str]]:
     """Run ``argv`` in ``cwd``, call ``on_line`` with each output line (stdout and stderr merged, credentials
@@ -151,6 +128,54 @@ def error_summary(lines: list[str], limit: int = 6) -> str:
     errors = [line for line in lines if re.search(r"\berror\b|ERROR|Traceback|Error:", line)]
     chosen = errors[-limit:] if errors else lines[-limit:]
     return "\n".join(chosen).strip() or "(no output)"
+
+
+def remote_settings(root: Path, remote: str) -> dict[str, str]:
+    """``url`` and ``endpointurl`` of DVC remote ``remote`` from ``.dvc/config`` and ``.dvc/config.local`` (the
+    latter wins); credentials are not read."""
+    import configparser
+
+    settings: dict[str, str] = {}
+    for name in ("config", "config.local"):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(root / ".dvc" / name)
+        except configparser.Error:
+            continue
+        for section in parser.sections():
+            if re.fullmatch(rf"""'?remote\s+"{re.escape(remote)}"'?""", section.strip()):
+                settings.update({key: parser[section][key] for key in ("url", "endpointurl") if key in parser[section]})
+    return settings
+
+
+def push_failure(root: Path, remote: str, lines: list[str], hints: Iterable[str] = ()) -> str:
+    """One sentence for a failed ``dvc push``: the remote, its endpoint, what DVC reported (with the object's URL
+    where it names one), that the results are safe locally, and what to do; ``hints``: ``sipl doctor``'s findings."""
+    settings = remote_settings(root, remote)
+    endpoint = settings.get("endpointurl") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS default endpoint"
+    errors = [line for line in lines if line.startswith("ERROR")]
+    detail = (errors[-1] if errors else error_summary(lines, 1)).removeprefix("ERROR:").strip()
+    detail = detail.removeprefix("unexpected error - ").removeprefix("failed to push data to the cloud - ")
+    text = " ".join(lines)
+    if re.search(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|credentials", text, re.I):
+        what, fix = "the endpoint refused the credentials", ("set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or `dvc "
+                                                             f"remote modify --local {remote} access_key_id ...`)")
+    elif re.search(r"NoSuchBucket|bucket does not exist", text, re.I):
+        what, fix = "the bucket does not exist", f"create it, or fix the url with `dvc remote modify {remote} url`"
+    elif re.search(r"SlowDown|Throttl|TooManyRequests", text, re.I):
+        what, fix = "the endpoint is throttling requests", "wait a few minutes"
+    elif re.search(r"connect|connection|timeout|timed out|endpoint URL", text, re.I):
+        what, fix = ("the endpoint could not be reached or dropped the connection",
+                     "check that the endpoint is up and reachable from this machine")
+    else:
+        what, fix = "DVC could not upload", "check `dvc push -v` for the cause"
+    message = (f"dvc push to remote '{remote}' ({settings.get('url', '?')}, endpoint {endpoint}) failed after DVC's "
+               f"retries: {what} ({detail}); the run's results are complete in {root} and in DVC's cache, only the "
+               f"upload is missing: {fix}, then run `dvc push` in {root} (or the next flow run pushes them)")
+    hints = [hint for hint in hints if hint]
+    if hints:
+        message += f"; sipl doctor: {hints[0]}"
+    return redact(" ".join(message.split()))
 
 
 def overrides_for(refine_steps: int | str | None = None, profile: str | None = None,

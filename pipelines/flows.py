@@ -33,7 +33,12 @@ METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "step0_psnr"
 
 
 class StageFailed(RuntimeError):
-    """A DVC command exited non-zero; the message carries the command's own error lines."""
+    """A DVC command exited non-zero; the message carries the command's own error lines (``tail``: its last
+    output lines)."""
+
+    def __init__(self, message: str, tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.tail = list(tail or [])
 
 
 def _run_dvc(root: Path, *args: str) -> list[str]:
@@ -42,7 +47,7 @@ def _run_dvc(root: Path, *args: str) -> list[str]:
     logger.info("$ dvc %s", " ".join(args))
     code, tail = dvc_runner.stream_command(dvc_runner.dvc_cmd(*args), root, logger.info)
     if code != 0:
-        raise StageFailed(f"`dvc {' '.join(args)}` failed (exit {code}):\n{dvc_runner.error_summary(tail)}")
+        raise StageFailed(f"`dvc {' '.join(args)}` failed (exit {code}):\n{dvc_runner.error_summary(tail)}", tail)
     return tail
 
 
@@ -119,14 +124,16 @@ def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 @task(name="dvc-push", cache_policy=NO_CACHE)
 def push(root: str, remote: str) -> None:
-    """``dvc push`` to the configured default remote; on failure the message adds ``sipl doctor``'s diagnosis."""
+    """``dvc push`` to the configured default remote (DVC retries transient S3 errors: ``dvc_runner.tool_env``);
+    a failure is one sentence naming the remote, its endpoint, the object and what to do, with ``sipl doctor``'s
+    diagnosis of the remote."""
     try:
         _run_dvc(Path(root), "push", "--remote", remote)
     except StageFailed as error:
         from pipelines.doctor import check_remote
 
         hints = [c.message for c in check_remote(Path(root), timeout_s=30.0) if c.status != "ok"]
-        raise StageFailed("\n".join([str(error), *hints])) from None
+        raise StageFailed(dvc_runner.push_failure(Path(root), remote, error.tail, hints), error.tail) from None
 
 
 def _experiment_name() -> str:

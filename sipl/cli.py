@@ -50,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from sipl import stageguard
     from sipl.config import ConfigError
     from sipl.errors import SiplError
+    from sipl.storage import EXIT_CODE as STORAGE_EXIT_CODE, StorageError
 
     try:
         stageguard.start(args.command)
         return int(module.run(args) or 0)
+    except StorageError as error:
+        print(f"sipl {args.command}: error: {error}", file=sys.stderr)
+        return STORAGE_EXIT_CODE
     except (ConfigError, SiplError) as error:
         print(f"sipl {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -63,9 +67,32 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         # A file-system failure no check foresaw (disk full, a permission changed mid-run): one sentence, no
         # traceback. Outputs are written under temporary names, so nothing half-written is left in place.
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"sipl {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"sipl {args.command}: error: {file_system_message(error)}", file=sys.stderr)
         return 1
+    except Exception as error:
+        # An S3 client error that escaped the storage layer's own messages (e.g. raised inside a library): still
+        # one sentence naming the endpoint; anything else is a bug and keeps its traceback.
+        from sipl.storage import describe
+
+        storage = describe(error, "complete a request of", f"`sipl {args.command}`")
+        if storage is None:
+            raise
+        print(f"sipl {args.command}: error: {storage}", file=sys.stderr)
+        return STORAGE_EXIT_CODE
+
+
+def file_system_message(error: OSError) -> str:
+    """One sentence for a file-system error: the file, what happened, and for a full disk the folder to free."""
+    import errno
+    from pathlib import Path
+
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename:
+        folder = Path(error.filename).parent
+        return (f"{folder}: no space left on the device (or quota exceeded) while writing {Path(error.filename).name};"
+                f" free space in {folder} or point the output elsewhere, then re-run (files are written under "
+                "temporary names, so nothing half-written was left in place)")
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
 
 
 if __name__ == "__main__":

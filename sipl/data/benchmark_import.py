@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,11 +29,13 @@ from typing import Callable
 import numpy as np
 
 from sipl.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb
+from sipl.data.publish import GENERATION, NewSet
 from sipl.data.shards import (MANIFEST, SKIPPED, Sample, is_remote, join, read_bytes, require_bucket, sample_key,
-                         write_json, write_task_shards)
+                              write_task_shards)
 from sipl.data.sources import safe_id
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
+from sipl.storage import StorageError, files_under
 
 CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
                "low_haze_rain", "low_haze_snow")
@@ -173,12 +174,8 @@ def _mod_crop(image: np.ndarray, multiple: int, max_side: int | None = None) -> 
 def _existing_files(out_root: str) -> list[str]:
     """Paths (relative to ``out_root``, '/'-separated) of every file already under a local folder or S3 prefix."""
     if is_remote(out_root):
-        import fsspec
-
         prefix = out_root.rstrip("/")
-        fs = fsspec.filesystem("s3")
-        return sorted(key[len(prefix) - len("s3://") + 1:] for key in fs.find(prefix[len("s3://"):])
-                      if not key.endswith("/"))
+        return [url[len(prefix) + 1:] for url in files_under(prefix)]
     from sipl.outputs import writable_dir
 
     folder = Path(out_root)
@@ -198,7 +195,8 @@ def check_out_root(out_root: str, kind: str) -> bool:
         kind's import, unrelated files): importing there would overwrite or orphan them.
     """
     require_bucket(out_root, "-o")
-    files = _existing_files(out_root)
+    # Unfinished generations of an earlier run on S3 (sipl.data.publish) are this command's own leftovers.
+    files = [name for name in _existing_files(out_root) if not GENERATION.match(name.split("/", 1)[0])]
     if not files:
         return False
     manifest = None
@@ -208,6 +206,7 @@ def check_out_root(out_root: str, kind: str) -> bool:
         except (OSError, ValueError):
             manifest = None
     if isinstance(manifest, dict) and manifest.get("benchmark") == kind:
+        # Its manifest and skipped list, and the shards of an import written before generations.
         listed = {MANIFEST, SKIPPED} | {f"test/{entry.get('name')}"
                                         for task in (manifest.get("splits") or {}).get("test", {}).values()
                                         for entry in task.get("shards", [])}
@@ -272,23 +271,23 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         raise SiplError(f"{root}: {len(problems)} unreadable or mismatched file(s) (nothing written):\n  {listing}")
     if not by_task:
         raise SiplError(f"{root}: no usable {kind} pairs found")
-    from sipl.data.synthesize import _publish, _staging_root
-
-    staging = _staging_root(out_root)
+    # Local: a staging folder swapped in when complete; S3: a new generation, switched to by the manifest. Either
+    # way an earlier import of this kind stays readable until the new one is complete.
+    target = NewSet(out_root)
     try:
         tasks = {}
         for task, samples in sorted(by_task.items()):
-            entries = write_task_shards(staging, "test", task, samples, encoding, maxcount)
+            entries = write_task_shards(target.out, "test", task, samples, encoding, maxcount)
             tasks[task] = {"samples": len(samples), "family": task_family(task), "shards": entries}
         manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
                     "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
                     "skipped": len(problems)}
-        write_json(join(staging, SKIPPED),
-                   [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]} for p in problems])
-        write_json(join(staging, MANIFEST), manifest)
-        _publish(staging, out_root)  # local: swaps the complete folder in (an earlier import of this kind goes)
+        manifest = target.commit(manifest, [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]}
+                                            for p in problems])
+    except StorageError as error:
+        target.abandon()
+        raise StorageError(f"{error}; {target.kept()}") from None
     except BaseException:
-        if not is_remote(out_root):
-            shutil.rmtree(staging, ignore_errors=True)
+        target.abandon()
         raise
     return manifest

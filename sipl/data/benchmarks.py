@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sipl.config.sections import DEFAULT_MAX_PIXELS
-from sipl.data.shards import MANIFEST, SKIPPED, Sample, iter_samples, join, read_bytes, sha256_bytes
+from sipl.data.shards import MANIFEST, SKIPPED, Sample, data_root, iter_samples, join, read_bytes, sha256_bytes
 from sipl.errors import SiplError
 
 ROOT = "data/benchmarks"
@@ -190,13 +190,11 @@ def build_sets(params: Any, root: str = ROOT, say: Callable[[str], None] = print
             ``shards.encoding``, ``shards.maxcount``).
         root: local output folder (replaced as a whole when the new one is complete).
     """
+    from sipl.data.publish import staging_root, swap
     from sipl.data.shards import write_json
-    from sipl.data.synthesize import _publish
 
     checked = check_sets(params.benchmarks, params.source)
-    staging = Path(f"{str(root).rstrip('/')}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = Path(staging_root(str(root)))
     index: dict[str, Any] = {"version": 1, "sets": {}}
     try:
         for item in checked:
@@ -211,7 +209,7 @@ def build_sets(params: Any, root: str = ROOT, say: Callable[[str], None] = print
             say(f"{item.name} ({item.kind}, {item.files} file(s)): {len(tasks)} task(s), "
                 f"{index['sets'][item.name]['samples']} sample(s), {manifest['skipped']} skipped")
         write_json(str(staging / INDEX), index)
-        _publish(str(staging), str(root))
+        swap(str(staging), str(root))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -260,7 +258,7 @@ def verified_tasks(root: str, name: str) -> dict[str, tuple[str, list[str]]]:
     for task, entry in sorted(manifest.get("splits", {}).get(SPLIT, {}).items()):
         urls = []
         for shard in entry["shards"]:
-            url = join(set_root, SPLIT, shard["name"])
+            url = join(data_root(set_root, manifest), SPLIT, shard["name"])
             try:
                 digest = sha256_bytes(read_bytes(url))
             except FileNotFoundError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sipl.atomic_files import write_bytes_atomic  # noqa: F401  (also used as imageio.write_bytes_atomic)
 from sipl.errors import SiplError
 
 # Pillow's own default limit (1024**3 / 4 / 3 pixels, about 89.5 million: 0.25 GiB of 8-bit RGB); images above the
@@ -153,20 +153,6 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_png_atomic(image: np.ndarray, path: str | os.PathLike[str], compress_level: int = 3) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from sipl.config.sections import SourceConfig
 from sipl.data.imageio import decode_rgb
 from sipl.errors import SiplError
+from sipl.storage import StorageError
 
 
 @dataclass
@@ -92,6 +93,8 @@ def _load_listing(config: SourceConfig, listing: list[str], read: Callable[[str]
     for uri in sorted(listing):
         try:
             image, notes = decode_rgb(read(uri), uri, max_pixels=config.max_pixels)
+        except StorageError:
+            raise  # the storage failed, not the file: skipping it would silently make another data set
         except (OSError, SiplError) as error:
             skipped.append(Skipped(uri, str(error).removeprefix(f"{uri}: ")))
             continue
@@ -113,20 +116,13 @@ def _load_folder(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]
 
 
 def _load_s3(config: SourceConfig) -> tuple[list[SourceImage], list[Skipped]]:
-    import fsspec
-
+    from sipl import storage
     from sipl.data.shards import require_bucket
 
     prefix = config.path.rstrip("/")
     require_bucket(prefix, "sources")
-    fs = fsspec.filesystem("s3")
-    try:
-        listing = ["s3://" + key for key in fs.find(prefix[len("s3://"):]) if not key.endswith("/")]
-    except Exception as error:  # botocore errors vary; the message is what matters here
-        raise SiplError(f"sources: cannot list {prefix} ({type(error).__name__}: {error}). Check the bucket name "
-                        "and that AWS credentials / AWS_ENDPOINT_URL are set in the environment.") from None
-    return _load_listing(config, listing, lambda uri: fs.cat_file(uri[len("s3://"):]),
-                         lambda uri: uri[len(prefix) + 1:])
+    listing = storage.files_under(prefix)
+    return _load_listing(config, listing, storage.read, lambda uri: uri[len(prefix) + 1:])
 
 
 LOADERS = {"embedded": _load_embedded, "folder": _load_folder, "s3": _load_s3}

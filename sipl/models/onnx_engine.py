@@ -226,7 +226,10 @@ class OnnxModel:
             export_graphs(model, folder)
         try:
             self.sessions = open_sessions()
-        except Exception:  # noqa: BLE001 - a damaged cache entry (onnxruntime has no common error base): rebuild
+        except Exception as error:  # noqa: BLE001 - a damaged cache entry (onnxruntime has no common error base)
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            print(f"sipl: the cached ONNX graphs in {folder} cannot be loaded ({reason}); re-exporting the model "
+                  "(20-60 s)", file=sys.stderr, flush=True)
             export_graphs(model, folder)
             self.sessions = open_sessions()
         self.folder = folder

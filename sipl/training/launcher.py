@@ -36,7 +36,29 @@ def fingerprint(params, train_urls: dict[str, list[str]], manifest: dict | None)
         data[task] = [s.get("sha256") or s.get("name") for s in entry.get("shards", [])]
     payload = {"model": params.model.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                "seed": params.seed, "data": data}
+    if params.train.init_weights is not None:  # the bytes, not the path, define where the run starts
+        from sipl.training.init_weights import weights_digest
+
+        payload["train"]["init_weights"] = weights_digest(params.train.init_weights, _init_key(params))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _init_key(params) -> str:
+    return f"{params.source} profiles.{params.profile}.train.init_weights"
+
+
+def _checked_init_weights(params) -> str | None:
+    """The absolute path of ``train.init_weights`` (Ray workers do not run in this folder), after checking the file
+    against the model the profile builds; None when training starts from scratch."""
+    if params.train.init_weights is None:
+        return None
+    from sipl.models import build_model
+    from sipl.training.init_weights import read_initial_weights, weights_file
+
+    key = _init_key(params)
+    path = weights_file(params.train.init_weights, key).resolve()
+    read_initial_weights(path, build_model(**params.model.build_arguments(tasks=list(params.tasks))), key)
+    return str(path)
 
 
 def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = None,
@@ -70,6 +92,7 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
                         f"profiles.{params.profile}.train.fresh_degradations is false, so nothing would degrade "
                         "them; set fresh_degradations: true, or shards.train_pairs: true and re-run `sipl synthesize`")
     tasks = list(params.tasks)
+    init_weights = _checked_init_weights(params)
     train_urls = check_shards(root, tasks, "train", manifest=manifest)
     val_urls = check_shards(root, tasks, "val", required=False, manifest=manifest)
     weights = task_weights({t: params.tasks[t].family for t in tasks}, cfg.task_weights)
@@ -77,7 +100,7 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     task_steps = ({t: params.tasks[t].model_dump(mode="json")["steps"] for t in tasks}
                   if cfg.fresh_degradations else None)
     return {"params": params.model_dump(mode="json"), "train_urls": train_urls, "val_urls": val_urls,
-            "task_steps": task_steps,
+            "task_steps": task_steps, "init_weights": init_weights,
             "weights": weights, "plan": asdict(plan), "fingerprint": fingerprint(params, train_urls, manifest),
             "threads": threads, "steps": cfg.steps, "stop_at_step": stop_at_step, "pid_dir": pid_dir}
 
