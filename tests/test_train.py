@@ -264,3 +264,60 @@ def test_root_message_skips_quoted_source_lines():
             "sipl.errors.SiplError: task 'denoise': corrupt shard data (sample denoise__train5__000)\n")
     assert _root_message(RuntimeError(text)) == "task 'denoise': corrupt shard data (sample denoise__train5__000)"
     assert _root_message(RuntimeError("worker died\nexit code 9")) == "exit code 9"
+
+
+# ---------------------------------------------------------------------------------------- initial weights
+
+def test_init_weights_start_training_from_an_exported_model(shard_root, tmp_path):
+    """A run with ``init_weights`` starts from that model: its first validation sees the exported weights' quality,
+    and the weights' bytes are part of the fingerprint."""
+    from sipl.models.files import load_model
+
+    params = _params(shard_root, steps=4, checkpoint_every=4, val_every=4)
+    session = LocalSession(tmp_path / "first")
+    train_worker(make_spec(params, num_workers=1), 0, 1, session)
+    export(session.latest_checkpoint(), tmp_path / "first_out", params)
+    folder = tmp_path / "first_out" / "models"
+    exported, _ = load_model(folder)
+
+    tuned = _params(shard_root, steps=1, checkpoint_every=1, val_every=1, lr=1e-12, min_lr=0.0, warmup_steps=0,
+                    init_weights=str(folder))
+    spec = make_spec(tuned, num_workers=1)
+    assert spec["init_weights"] == str((folder / "model.safetensors").resolve())
+    assert spec["fingerprint"] != make_spec(_params(shard_root, steps=1, checkpoint_every=1, val_every=1, lr=1e-12,
+                                                    min_lr=0.0, warmup_steps=0), num_workers=1)["fingerprint"]
+    tuned_session = LocalSession(tmp_path / "tuned")
+    train_worker(spec, 0, 1, tuned_session)
+    export(tuned_session.latest_checkpoint(), tmp_path / "tuned_out", tuned)
+    model, _ = load_model(tmp_path / "tuned_out" / "models")
+    # one step at lr 1e-12 leaves the starting weights where they were
+    for name, tensor in exported.state_dict().items():
+        assert torch.allclose(model.state_dict()[name], tensor, atol=1e-6), name
+
+
+def test_init_weights_of_another_model_is_a_clear_error_naming_file_and_key(shard_root, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sipl.models import build_model
+    from sipl.models.files import save_model
+
+    params = _params(shard_root)
+    other = build_model(**params.model.build_arguments(tasks=list(params.tasks)))
+    save_model(other, tmp_path / "good")
+    state = load_file(str(tmp_path / "good" / "model.safetensors"))
+    name = sorted(state)[0]
+    missing = dict(state)
+    del missing[name]
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(SiplError, match=rf"init_weights: .*missing.safetensors lacks the tensor '{name}'"):
+        make_spec(_params(shard_root, init_weights=str(tmp_path / "missing.safetensors")), num_workers=1)
+    wrong = dict(state)
+    wrong[name] = torch.zeros(tuple(state[name].shape) + (2,))
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(SiplError, match=rf"wrong.safetensors tensor '{name}' has shape"):
+        make_spec(_params(shard_root, init_weights=str(tmp_path / "wrong.safetensors")), num_workers=1)
+    with pytest.raises(SiplError, match="init_weights: .*nowhere is neither a .safetensors file nor a model folder"):
+        make_spec(_params(shard_root, init_weights=str(tmp_path / "nowhere")), num_workers=1)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(SiplError, match="junk.safetensors is not a readable safetensors file"):
+        make_spec(_params(shard_root, init_weights=str(tmp_path / "junk.safetensors")), num_workers=1)

@@ -162,8 +162,12 @@ def train_worker(spec: dict[str, Any], rank: int, world: int, session, device: t
 
     torch.manual_seed(params.seed)
     memory_format = memory_format_of(cfg)
-    model = to_memory_format(build_model(**model_cfg.build_arguments(tasks=list(params.tasks))).to(device),
-                             memory_format)
+    model = build_model(**model_cfg.build_arguments(tasks=list(params.tasks)))
+    if spec.get("init_weights"):  # checked by make_spec; a resumed run's checkpoint overrides these below
+        from sipl.training.init_weights import load_initial_weights
+
+        load_initial_weights(spec["init_weights"], model)
+    model = to_memory_format(model.to(device), memory_format)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     optimizer = build_optimizer(model, cfg)
 
