@@ -50,6 +50,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu, or cuda (a GPU; bf16 where supported)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--page", action="store_true",
+                        help="also write OUT/index.html: every image before and after (a divider, a flip, 1:1 zoom), "
+                             "the degradation the model saw, the steps and seconds, and the skipped files; opens "
+                             "from disk, no server")
     parser.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
                         help="skip images with more pixels than this, before decoding them (decompression bombs; "
                              f"default {DEFAULT_MAX_PIXELS}, Pillow's limit)")
@@ -103,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"sipl restore: {argument}: {reason}", file=sys.stderr)
         raise SiplError("no input image found; pass image files, folders or glob patterns")
     writable_dir(args.output, "-o")  # before any work: a bad -o must not cost a restored image
+    if args.page:
+        from sipl.viewer import restore_page
+
+        restore_page.check_output_folder(args.output)  # an index.html sipl did not write is never replaced
     model, meta = sipl.load_model(args.model)
     steps, scheme, source = resolve_setting(args, meta)
     from sipl.models.runtime import for_inference
@@ -112,12 +120,26 @@ def run(args: argparse.Namespace) -> int:
                  else "steps per degradation " + ", ".join(f"{k} {v}" for k, v in steps.items()))
     print(f"sipl restore: {len(restore_plan.jobs)} image(s), {scheme}, {described} (from {source})",
           file=sys.stderr)
-    summary = restore.run_plan(model, restore_plan, steps, scheme, args.tile, args.tile_overlap,
-                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                               max_pixels=args.max_pixels)
+    page = None
+    if args.page:
+        page = restore_page.RestorePage(args.output, {
+            "model": str(args.model), "scheme": scheme, "steps": described, "source": source,
+            "engine": args.engine, "device": args.device})
+    try:
+        summary = restore.run_plan(model, restore_plan, steps, scheme, args.tile, args.tile_overlap,
+                                   progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                                   max_pixels=args.max_pixels, on_done=page.add if page else None,
+                                   on_failed=page.skip if page else None)
+    except KeyboardInterrupt:
+        if page is not None:
+            print(f"sipl restore: interrupted; page of the images done so far: {page.write(interrupted=True)}",
+                  file=sys.stderr)
+        raise
     for item in summary["failed"]:
         print(f"sipl restore: failed: {item['input']}: {item['reason']}", file=sys.stderr)
     total = sum(item["seconds"] for item in summary["done"])
     print(f"sipl restore: {len(summary['done'])} written to {args.output} in {total:.1f} s, "
           f"{len(summary['failed'])} failed", file=sys.stderr)
+    if page is not None:
+        print(f"sipl restore: page: {page.write()}", file=sys.stderr)
     return 1 if summary["failed"] else 0

@@ -97,14 +97,29 @@ def choose_tile(height: int, width: int, tile: int | None) -> int | None:
     return AUTO_TILE if max(height, width) > AUTO_TILE else None
 
 
-def steps_for(model: Any, image: np.ndarray, steps: int | dict[str, int]) -> tuple[int, str | None]:
+def degradation_belief(model: Any, image: np.ndarray, top: int = 3) -> dict[str, Any] | None:
+    """What the model's degradation head believes of one image: ``{"label", "confidence", "top": [[class,
+    probability], ...]}`` (the ``top`` most probable classes, most probable first); None for a model without a
+    head."""
+    from sipl.models.refine import degradation_probabilities
+
+    if not getattr(model, "degradation_classes", None):
+        return None
+    ranked = sorted(degradation_probabilities(model, image).items(), key=lambda item: -item[1])
+    return {"label": ranked[0][0], "confidence": round(ranked[0][1], 4),
+            "top": [[name, round(probability, 4)] for name, probability in ranked[:top]]}
+
+
+def steps_for(model: Any, image: np.ndarray, steps: int | dict[str, int],
+              belief: dict[str, Any] | None = None) -> tuple[int, str | None]:
     """(step count, predicted class or None) for one image: ``steps`` itself when it is a number; else the count
-    of the class the model predicts (0 for a class ``steps`` does not list)."""
+    of the class the model predicts (0 for a class ``steps`` does not list). ``belief``: the head's answer for
+    this image when the caller already has it (``degradation_belief``)."""
     from sipl.models.refine import predict_degradation
 
     if isinstance(steps, int):
         return steps, None
-    label = predict_degradation(model, image)
+    label = belief["label"] if belief else predict_degradation(model, image)
     return int(steps.get(label, 0)), label
 
 
@@ -177,22 +192,30 @@ def _duration(seconds: float) -> str:
 def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int], scheme: str,
              tile: int | None,
              tile_overlap: int = 16, progress: bool = True,
-             log: Callable[[str], None] = print, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+             log: Callable[[str], None] = print, max_pixels: int = DEFAULT_MAX_PIXELS,
+             on_done: Callable[[dict[str, Any], np.ndarray, np.ndarray], None] | None = None,
+             on_failed: Callable[[dict[str, str]], None] | None = None) -> dict[str, Any]:
     """Restore every planned file, one at a time. ``steps``: a step count, or step counts per degradation class
     (the model's head picks the class of each image, see ``steps_for``). Files above ``max_pixels`` pixels are
     skipped like unreadable ones, before they are decoded.
 
     Before each image one line says its size, tiles, step count and estimated time (from a short speed probe of
     the model on this machine); with ``progress`` a tqdm bar on stderr then counts its tiles, with an ETA.
+    ``on_done(record, image, restored)`` is called after each written output with its record (below) and the input
+    and output arrays (uint8 H×W×3), ``on_failed(item)`` for each input that failed, as they happen.
 
     Returns:
-        ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation"}],
-        "failed": [{"input", "reason"}]}``.
+        ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation", "belief", "tiles"}],
+        "failed": [{"input", "reason"}]}``; ``degradation`` is the class that chose the step count (None when
+        the count was fixed), ``belief`` what the head believes (``degradation_belief``; None without a head).
     """
     from tqdm import tqdm
 
     model.eval()
     done, failed = [], [{"input": arg, "reason": reason} for arg, reason in restore_plan.missing]
+    if on_failed is not None:
+        for item in failed:
+            on_failed(item)
     emit = (lambda message: tqdm.write(message, file=sys.stderr)) if progress else log
     align = getattr(model, "multiple", 1)
     seconds_per_mp = measure_pass_speed(model) if restore_plan.jobs else 0.0
@@ -204,9 +227,12 @@ def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int],
         except SiplError as error:
             failed.append({"input": str(src), "reason": str(error)})
             emit(f"skipped {src}: {error}")
+            if on_failed is not None:
+                on_failed(failed[-1])
             continue
         height, width = image.shape[:2]
-        image_steps, label = steps_for(model, image, steps)
+        belief = degradation_belief(model, image)
+        image_steps, label = steps_for(model, image, steps, belief)
         image_tile = choose_tile(height, width, tile)
         tiles = tile_count(height, width, image_tile, tile_overlap, align) if image_tile else 1
         estimate = (seconds_per_mp * processed_megapixels(height, width, image_tile, tile_overlap, align)
@@ -222,7 +248,9 @@ def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int],
         if label is not None:
             notes = [f"looks like {label}: {image_steps} refinement step(s)", *notes]
         done.append({"input": str(src), "output": str(dst), "size": [height, width], "seconds": round(seconds, 3),
-                     "notes": notes, "steps": image_steps, "degradation": label})
+                     "notes": notes, "steps": image_steps, "degradation": label, "belief": belief, "tiles": tiles})
         line = f"{src} -> {dst} ({width}x{height}, {seconds:.2f} s{'; ' + '; '.join(notes) if notes else ''})"
         emit(line)
+        if on_done is not None:
+            on_done(done[-1], image, restored)
     return {"done": done, "failed": failed}

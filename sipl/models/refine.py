@@ -30,16 +30,23 @@ SCHEMES = ("official", "anchored")
 CLASSIFY_SIDE = 512
 
 
-def predict_degradation(model, image) -> str:
-    """The degradation class (a name of ``model.degradation_classes``) that the model's head predicts for a uint8
+def degradation_probabilities(model, image) -> dict[str, float]:
+    """The head's probability for each degradation class (``model.degradation_classes``, in that order) of a uint8
     H×W×3 image (NumPy array), read on its centre crop of at most ``CLASSIFY_SIDE`` pixels."""
     height, width = image.shape[:2]
     top, left = max(0, (height - CLASSIFY_SIDE) // 2), max(0, (width - CLASSIFY_SIDE) // 2)
     crop = image[top:top + CLASSIFY_SIDE, left:left + CLASSIFY_SIDE]
     x = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float().div(255.0)
     with torch.inference_mode():
-        probabilities = model.classify(x)
-    return model.degradation_classes[int(probabilities[0].argmax())]
+        probabilities = model.classify(x)[0].float()
+    return {name: float(p) for name, p in zip(model.degradation_classes, probabilities)}
+
+
+def predict_degradation(model, image) -> str:
+    """The degradation class (a name of ``model.degradation_classes``) that the model's head predicts for a uint8
+    H×W×3 image (NumPy array): the most probable one of ``degradation_probabilities``."""
+    probabilities = degradation_probabilities(model, image)
+    return max(probabilities, key=probabilities.__getitem__)
 
 
 def _chain(model, x: Tensor, steps: int, scheme: str) -> Iterator[tuple[int, Tensor]]:
