@@ -138,8 +138,29 @@ def run(args: argparse.Namespace) -> int:
     for item in summary["failed"]:
         print(f"sipl restore: failed: {item['input']}: {item['reason']}", file=sys.stderr)
     total = sum(item["seconds"] for item in summary["done"])
+    not_attempted = summary.get("not_attempted") or []
     print(f"sipl restore: {len(summary['done'])} written to {args.output} in {total:.1f} s, "
-          f"{len(summary['failed'])} failed", file=sys.stderr)
+          f"{len(summary['failed'])} failed" + (f", {len(not_attempted)} not attempted" if not_attempted else ""),
+          file=sys.stderr)
+    if summary.get("stopped"):
+        print(f"sipl restore: error: {stopped_message(summary)}", file=sys.stderr)
     if page is not None:
         print(f"sipl restore: page: {page.write()}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def stopped_message(summary: dict) -> str:
+    """The sentence for a run stopped by an output it could not write: that file, why, the counts, what to do."""
+    import errno
+
+    stopped, folder = summary["stopped"], Path(summary["stopped"]["output"]).parent
+    if stopped["errno"] in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space in {folder} (or give another -o)"
+    else:
+        fix = f"make {folder} writable again (or give another -o)"
+    rest = summary.get("not_attempted") or []
+    shown = ", ".join(rest[:3]) + (", ..." if len(rest) > 3 else "")
+    return (f"{stopped['output']}: cannot write it ({stopped['reason']}), so the run stopped there: "
+            f"{len(summary['done'])} written, {len(summary['failed'])} failed (this one included), {len(rest)} not "
+            f"attempted{' (' + shown + ')' if rest else ''}; {fix} and re-run with the failed and not attempted "
+            "inputs")

@@ -204,10 +204,15 @@ def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int],
     ``on_done(record, image, restored)`` is called after each written output with its record (below) and the input
     and output arrays (uint8 H×W×3), ``on_failed(item)`` for each input that failed, as they happen.
 
+    An output that cannot be written (disk full, folder turned read-only) stops the run there: every later image
+    would fail the same way after its whole restoration.
+
     Returns:
         ``{"done": [{"input", "output", "size", "seconds", "notes", "steps", "degradation", "belief", "tiles"}],
         "failed": [{"input", "reason"}]}``; ``degradation`` is the class that chose the step count (None when
         the count was fixed), ``belief`` what the head believes (``degradation_belief``; None without a head).
+        After a failed write also ``"not_attempted"`` (the inputs after it) and ``"stopped": {"output", "errno",
+        "reason"}``.
     """
     from tqdm import tqdm
 
@@ -243,7 +248,18 @@ def run_plan(model: Any, restore_plan: RestorePlan, steps: int | dict[str, int],
                   file=sys.stderr, leave=False) as bar:
             restored = restore_array(model, image, image_steps, scheme, image_tile, tile_overlap,
                                      on_tile=lambda finished, _total: bar.update(finished - bar.n))
-        write_png_atomic(restored, dst)
+        try:
+            write_png_atomic(restored, dst)
+        except OSError as error:
+            # A folder-wide condition (disk full, read-only, permissions) that every later image would meet too,
+            # after minutes of work each: stop, and say what was written, what failed and what was not attempted.
+            failed.append({"input": str(src), "reason": f"cannot write {dst}: {error.strerror or error}"})
+            emit(f"failed {src}: cannot write {dst}: {error.strerror or error}")
+            if on_failed is not None:
+                on_failed(failed[-1])
+            return {"done": done, "failed": failed,
+                    "not_attempted": [str(path) for path, _ in restore_plan.jobs[index:]],
+                    "stopped": {"output": str(dst), "errno": error.errno, "reason": error.strerror or str(error)}}
         seconds = time.perf_counter() - start
         if label is not None:
             notes = [f"looks like {label}: {image_steps} refinement step(s)", *notes]

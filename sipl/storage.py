@@ -81,9 +81,9 @@ def configure() -> None:
     import fsspec.config
     import s3fs
 
+    _install_retry_warning()  # again each time: a logging.config.dictConfig elsewhere resets child loggers
     if _USER_CONFIG is None:
         _USER_CONFIG = dict(fsspec.config.conf.get("s3", {}))
-        _install_retry_warning()
         # s3fs's own retry rounds are a class setting (S3FileSystem takes no such argument); its default, 5 rounds
         # of botocore's attempts each, would make an outage cost minutes per request.
         s3fs.S3FileSystem.retries = S3FS_ROUNDS

@@ -5,7 +5,8 @@ adds ``Connection: close`` to each request head, so the server closes after its 
 new connection for the next request. That makes requests countable without parsing bodies:
 
 - ``fail_after(n)``: pass ``n`` more requests, then drop every connection (a server that dies, a network cut),
-- ``drop_next(k)``: drop the next ``k`` requests, then pass again (a transient drop),
+- ``drop(after=n, count=k)``: pass ``n`` more requests, drop the ``k`` after them, then pass again (a transient
+  drop),
 - ``restore()``: pass everything again.
 
 A dropped connection is closed after its request head arrived, before any response byte: the client sees the
@@ -26,8 +27,8 @@ class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self._lock = threading.Lock()
-        self._pass_budget: int | None = None  # None: pass all; n >= 0: pass n more, then drop all
-        self._drop_budget = 0  # drop this many first, then follow _pass_budget
+        self._pass_first: int | None = None  # None: pass everything; n: pass n more, then drop _drops of them
+        self._drops: float = 0
         self.passed = 0
         self.dropped = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -52,31 +53,27 @@ class FaultProxy:
     # ------------------------------------------------------------------------------------------ fault control
 
     def fail_after(self, requests: int) -> None:
-        with self._lock:
-            self._pass_budget, self._drop_budget = requests, 0
+        self.drop(after=requests, count=float("inf"))
 
-    def drop_next(self, requests: int) -> None:
+    def drop(self, after: int, count: float) -> None:
         with self._lock:
-            self._drop_budget, self._pass_budget = requests, None
+            self._pass_first, self._drops = after, count
 
     def restore(self) -> None:
         with self._lock:
-            self._pass_budget, self._drop_budget = None, 0
+            self._pass_first, self._drops = None, 0
 
     def _decide(self) -> bool:
         """True: pass this request; False: drop it."""
         with self._lock:
-            if self._drop_budget > 0:
-                self._drop_budget -= 1
+            if self._pass_first is not None and self._pass_first <= 0 and self._drops > 0:
+                self._drops -= 1
                 self.dropped += 1
                 return False
-            if self._pass_budget is None or self._pass_budget > 0:
-                if self._pass_budget is not None:
-                    self._pass_budget -= 1
-                self.passed += 1
-                return True
-            self.dropped += 1
-            return False
+            if self._pass_first is not None and self._pass_first > 0:
+                self._pass_first -= 1
+            self.passed += 1
+            return True
 
     # ------------------------------------------------------------------------------------------------- relay
 

@@ -97,13 +97,16 @@ def test_graphs_are_exported_once_per_model_and_weights(head_model, head_runner,
     assert onnx_engine.model_fingerprint(changed) != onnx_engine.model_fingerprint(head_model)
 
 
-def test_a_damaged_cached_graph_is_exported_again(head_model, head_runner, tmp_path, monkeypatch):
+def test_a_damaged_cached_graph_is_exported_again(head_model, head_runner, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SIPL_CACHE_DIR", str(tmp_path))
     folder = onnx_engine.cache_root() / onnx_engine.model_fingerprint(head_model)
     folder.mkdir(parents=True)
     for name in onnx_engine.GRAPHS:
         (folder / f"{name}.onnx").write_bytes(b"not a graph")
+    capsys.readouterr()
     runner = onnx_engine.OnnxModel(head_model)
+    said = capsys.readouterr().err
+    assert f"the cached ONNX graphs in {folder} cannot be loaded (" in said and "re-exporting the model" in said, said
     x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
     assert (runner.decode(runner.encode(x)) - head_runner.decode(head_runner.encode(x))).abs().max() < 1e-6
 
