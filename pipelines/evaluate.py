@@ -29,7 +29,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import sipl
     from sipl.atomic_files import write_json_atomic, write_text_atomic
     from sipl.config import load_params
     from sipl.data import benchmarks, shards
@@ -55,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
         for tasks in entries_by_split.values():
             for entries in tasks.values():
                 shards.verify_shards(entries)
-    model, meta = sipl.load_model(args.model)
-    from sipl.models.runtime import for_inference
+    from sipl.models.files import gate_threshold, has_global_affine, load_model
 
-    model = for_inference(model, params.eval.engine)
+    # As exported: the head's gate is chosen below on val (selection.json may hold one chosen for another model).
+    model, meta = load_model(args.model, with_selection=False)
     grid_scheme = params.refine.scheme if params.refine.scheme in params.refine.schemes else params.refine.schemes[0]
     # The grids come from the reporting split: test when evaluated, else the last split.
     grid_split = "test" if "test" in params.eval.splits else params.eval.splits[-1]
@@ -77,6 +76,36 @@ def run(args: argparse.Namespace) -> int:
     benchmark_inputs = {name: (entry, benchmarks.samples_by_task(args.benchmarks, name))
                         for name, entry in sorted((index or {}).get("sets", {}).items())}
 
+    def split_samples(split: str) -> dict:
+        """task -> (family, checked Samples) of a split (a fresh read of its shards on each call)."""
+        return {task: (entry.get("family") or (params.tasks[task].family if task in params.tasks else "other"),
+                       shards.iter_checked_samples(entries_by_split[split][task]))
+                for task, entry in (manifest["splits"].get(split) or {}).items()}
+
+    # The head's confidence gate, chosen on val as `sipl select` chooses it, and applied before anything is scored:
+    # the test split, the benchmark sets and the refinement steps are all scored as `sipl restore` will run them.
+    gate_section = None
+    if has_global_affine(model) and "val" in params.eval.splits and manifest["splits"].get("val"):
+        from sipl.evaluation import gates, selection
+
+        gate_started = time.perf_counter()
+        gate_section = gates.score_gates(model, split_samples("val"), tile=params.eval.tile,
+                                         tile_overlap=params.eval.tile_overlap,
+                                         max_images=params.eval.max_images_per_task,
+                                         progress=lambda m: say(f"val gate {m}"))
+        if gate_section["tasks"]:
+            chosen = selection.choose_gate(gate_section)["affine_min_confidence"]
+            model.head.affine_min_confidence = gate_threshold(chosen)
+            gate_section["applied"] = str(chosen)
+            gate_section["seconds"] = round(time.perf_counter() - gate_started, 2)
+            say(f"head confidence gate {chosen} (the model's own: {gate_section['model']}), chosen on val from "
+                f"{gate_section['gates']}")
+        else:
+            gate_section = None
+    from sipl.models.runtime import for_inference
+
+    model = for_inference(model, params.eval.engine)
+
     started = time.perf_counter()
     splits, all_grids = {}, {}
     for split in params.eval.splits:
@@ -84,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if not tasks:
             say(f"split '{split}' has no shards; skipped")
             continue
-        samples_by_task = {}
-        for task, entry in tasks.items():
-            family = entry.get("family") or (params.tasks[task].family if task in params.tasks else "other")
-            samples_by_task[task] = (family, shards.iter_checked_samples(entries_by_split[split][task]))
+        samples_by_task = split_samples(split)
         say(f"{split}: {len(samples_by_task)} tasks, schemes {params.refine.schemes}, "
             f"steps 0..{params.refine.max_steps}")
         results, grids = evaluate.evaluate_split(
@@ -129,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         "groups": {split: evaluate.group_averages(tasks) for split, tasks in splits.items() if tasks},
         "benchmarks": benchmark_sets,
     }
+    if gate_section is not None:
+        document["affine_gate"] = gate_section
     report_split = grid_split if splits.get(grid_split) else next(s for s, t in splits.items() if t)
     write_json_atomic(out / "metrics" / "eval_steps.json", document)
     write_text_atomic(out / "plots" / "psnr_vs_steps.csv",

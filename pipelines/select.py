@@ -1,7 +1,8 @@
 """`sipl select` (stage 4): choose the refinement scheme and step count on validation.
 
 Reads only ``metrics/eval_steps.json`` (seconds); writes ``metrics/eval.json``, ``metrics/benchmarks.json`` (every
-benchmark set at the setting chosen on validation; ``{"sets": {}}`` without sets) and ``models/selection.json``.
+benchmark set at the setting chosen on validation; ``{"sets": {}}`` without sets) and ``models/selection.json`` (with
+the degradation head's confidence gate when the evaluation scored it).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"sipl select: {chosen['scheme']} x {chosen['steps']} step(s) ({chosen['criterion']}); "
           f"{document['split']} PSNR {all_group['psnr']:.2f} dB (step 0 {all_group['step0_psnr']:.2f}, input "
           f"{all_group['input_psnr']:.2f}); per family {chosen['per_family']}", file=sys.stderr)
+    if "affine_min_confidence" in chosen:
+        gate, scored = chosen["affine_min_confidence"], eval_steps["affine_gate"].get("applied")
+        print(f"sipl select: head confidence gate {gate} (the model's own: {chosen['affine_gate']['model']}); val "
+              f"PSNR of step 0 by gate {chosen['affine_gate']['val_psnr']}", file=sys.stderr)
+        if scored != str(gate):
+            print(f"sipl select: warning: {steps_file} was scored with the gate {scored}, not {gate}; its test and "
+                  "benchmark numbers are not what `sipl restore` runs: re-run `sipl evaluate`", file=sys.stderr)
     for name, entry in benchmark_document["sets"].items():
         if "all" in entry["groups"]:
             group = entry["groups"]["all"]

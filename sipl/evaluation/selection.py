@@ -13,6 +13,11 @@ validation PSNR beats step 0 by at least ``min_gain_db`` (``refine.min_gain_db``
 its tasks loses more than that against step 0; otherwise step 0 stands. With ``routing: per_degradation`` (the model
 has a degradation head, so ``sipl restore`` refines each image with the step count of its predicted class) the
 reported metrics of every task are those at its own step count.
+
+The degradation head's confidence gate (``affine_min_confidence``, models with a global affine): ``choose_gate``
+takes the gate with the highest mean validation PSNR of the step-0 restoration over tasks, from the ``"affine_gate"``
+section of the evaluation (``sipl.evaluation.gates``); ties (within ``TIE_DB``) go to the model's own gate, then to
+the highest gate (the fewest corrections).
 """
 
 from __future__ import annotations
@@ -94,6 +99,43 @@ def _earns(pair: tuple[str, int], members: list[dict[str, Any]], min_gain_db: fl
     return _mean(gains) >= min_gain_db and min(gains) >= -min_gain_db
 
 
+def _gate_value(label: str) -> float | str:
+    """selection.json's value of a gate label of the evaluation: the number, or the label itself (``"never"``)."""
+    try:
+        return float(label)
+    except ValueError:
+        return label
+
+
+def choose_gate(section: dict[str, Any]) -> dict[str, Any]:
+    """Pick the head's confidence gate from the ``"affine_gate"`` section of ``metrics/eval_steps.json``.
+
+    Returns:
+        ``{"affine_min_confidence": number or "never", "affine_gate": {"split", "model", "val_psnr": {label: mean
+        PSNR over tasks}, "criterion"}}``: the gate with the highest mean, ties to the model's own gate, then to the
+        highest gate (``section["gates"]`` is ascending).
+    """
+    labels, tasks = list(section["gates"]), section["tasks"]
+    split = section.get("split", "val")
+    if not labels or not tasks:
+        raise SiplError(f"metrics/eval_steps.json: 'affine_gate' holds no scored gate or no '{split}' task; re-run "
+                        "`sipl evaluate`")
+    means = {label: _mean([task["psnr"][label] for task in tasks.values()]) for label in labels}
+    top = max(means.values())
+    tied = [label for label in labels if means[label] >= top - TIE_DB]
+    chosen = section["model"] if section["model"] in tied else tied[-1]
+    return {"affine_min_confidence": _gate_value(chosen),
+            "affine_gate": {"split": split, "model": _gate_value(section["model"]),
+                            "val_psnr": {label: round(means[label], 4) for label in labels},
+                            "criterion": f"max mean {split} PSNR of step 0 over tasks; ties -> the model's own gate, "
+                                         "then the highest"}}
+
+
+def _gate_keys(selection: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """Those of ``choose_gate``'s ``keys`` that ``selection`` has (none when the model has no gate to choose)."""
+    return {key: selection[key] for key in keys if key in selection}
+
+
 def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, schemes: list[str],
            split: str = "val", min_gain_db: float = 0.0) -> dict[str, Any]:
     """Pick the refinement setting.
@@ -107,8 +149,15 @@ def select(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, sch
         min_gain_db: the least validation gain over step 0 that a step count above 0 must show.
 
     Returns:
-        ``{"scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr", "routing"}``.
+        ``{"scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr", "routing"}``, plus
+        ``choose_gate``'s keys when the evaluation scored the head's gate.
     """
+    gate = choose_gate(eval_steps["affine_gate"]) if "affine_gate" in eval_steps else {}
+    return {**_select_steps(eval_steps, refine_steps, scheme, schemes, split, min_gain_db), **gate}
+
+
+def _select_steps(eval_steps: dict[str, Any], refine_steps: str | int, scheme: str, schemes: list[str],
+                  split: str, min_gain_db: float) -> dict[str, Any]:
     routing = eval_steps.get("routing", "global")
     all_tasks = {name: task for data in eval_steps.get("splits", {}).values() for name, task in data.items()}
     if refine_steps != "auto":
@@ -218,9 +267,9 @@ def eval_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> dict[
         "convention": eval_steps.get("convention", {}),
         "versions": eval_steps.get("versions", {}),
         "split": split,
-        "selected": {key: selection[key] for key in
-                     ("scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr",
-                      "routing")},
+        "selected": {**{key: selection[key] for key in
+                        ("scheme", "steps", "per_task", "per_family", "refine_steps", "criterion", "val_psnr",
+                         "routing")}, **_gate_keys(selection, "affine_min_confidence")},
         "sipl_gain": groups["all"]["sipl_gain"],
         "tasks": tasks_out,
         "groups": groups,
@@ -241,10 +290,13 @@ def benchmark_metrics(eval_steps: dict[str, Any], selection: dict[str, Any]) -> 
         sets[name] = {"kind": entry.get("kind"), "tasks": tasks_out,
                       "groups": _group_entries(tasks, tasks_out) if tasks else {}}
     return {"convention": eval_steps.get("convention", {}),
-            "selected": {key: selection[key] for key in ("scheme", "steps", "per_family", "routing")},
+            "selected": {**{key: selection[key] for key in ("scheme", "steps", "per_family", "routing")},
+                         **_gate_keys(selection, "affine_min_confidence")},
             "sets": sets}
 
 
 def selection_file(selection: dict[str, Any]) -> dict[str, Any]:
-    """The ``models/selection.json`` document that ``load_model`` merges as ``meta["selected"]``."""
-    return {key: selection[key] for key in ("scheme", "steps", "per_task", "per_family", "refine_steps", "routing")}
+    """The ``models/selection.json`` document that ``load_model`` merges as ``meta["selected"]`` (and whose
+    ``affine_min_confidence``, when the evaluation scored the gate, it sets on the model's head)."""
+    return {**{key: selection[key] for key in ("scheme", "steps", "per_task", "per_family", "refine_steps", "routing")},
+            **_gate_keys(selection, "affine_min_confidence", "affine_gate")}

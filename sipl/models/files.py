@@ -2,7 +2,8 @@
 
 - ``save_model`` / ``load_model``: the weights (safetensors) and the ``build_model`` arguments under ``"model"`` plus
   free-form metadata (JSON); ``selection.json`` written by ``sipl select`` is merged in, checked by
-  ``check_selection``.
+  ``check_selection``, and its ``affine_min_confidence`` (the degradation head's confidence gate chosen on
+  validation) is set on the model's head by ``apply_selection``.
 - ``save_tensors_atomic`` / ``read_json``: the safetensors writer and JSON reader that training checkpoints
   (``sipl.training.checkpoint``) share with the model files.
 
@@ -26,6 +27,10 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 SELECTION_JSON = "selection.json"
 FORMAT = "sipl-model/1"
+# selection.json's ``affine_min_confidence`` that never applies the head's global affine, and the head's threshold
+# for it: above any class probability.
+NEVER_GATE = "never"
+NEVER_GATE_THRESHOLD = 2.0
 
 
 def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
@@ -67,11 +72,14 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike, meta: dict[
     write_json_atomic(directory / MODEL_JSON, document)
 
 
-def load_model(directory: str | os.PathLike = "models") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(directory: str | os.PathLike = "models",
+               with_selection: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the exported model (eval mode, CPU) and return ``(model, meta)``.
 
-    ``meta`` is the content of ``model.json``; if ``selection.json`` is present its content is added as
-    ``meta["selected"]`` (``{"scheme", "steps", "per_task"}``)."""
+    ``meta`` is the content of ``model.json``; if ``selection.json`` is present (and ``with_selection``) its content
+    is added as ``meta["selected"]`` (``{"scheme", "steps", "per_task", ...}``) and its ``affine_min_confidence``, when
+    it has one, is set on the model's degradation head (``apply_selection``). ``with_selection=False``: the model as
+    exported, whatever selection.json holds (``sipl evaluate``, which scores the gates itself)."""
     from sipl.models import build_model
 
     directory = Path(directory)
@@ -96,8 +104,9 @@ def load_model(directory: str | os.PathLike = "models") -> tuple[torch.nn.Module
                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); the two files come from "
                         "different exports")
     selection = directory / SELECTION_JSON
-    if selection.is_file():
+    if with_selection and selection.is_file():
         meta["selected"] = check_selection(read_json(selection), selection)
+        apply_selection(model, meta["selected"], selection)
     return model.eval(), meta
 
 
@@ -123,6 +132,43 @@ def _is_steps(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_gate(value: Any) -> bool:
+    return value == NEVER_GATE or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and 0.0 <= value <= 1.0)
+
+
+def gate_threshold(value: float | str) -> float:
+    """The head's ``affine_min_confidence`` for a selection.json gate: a probability in [0, 1] as such, ``"never"``
+    as ``NEVER_GATE_THRESHOLD``."""
+    return NEVER_GATE_THRESHOLD if value == NEVER_GATE else float(value)
+
+
+def gate_label(threshold: float) -> str:
+    """The name of a head threshold in metrics/eval_steps.json and selection.json: ``"never"`` above 1, else the
+    number as Python writes it (``"0.0"``, ``"0.9"``)."""
+    return NEVER_GATE if threshold > 1.0 else str(float(threshold))
+
+
+def has_global_affine(model: Any) -> bool:
+    """Whether ``model`` (a ``SIPLModel``) has a degradation head with a global affine, the part the gate acts on."""
+    head = getattr(model, "head", None)
+    return head is not None and getattr(head, "affine", None) is not None
+
+
+def apply_selection(model: torch.nn.Module, selection: dict[str, Any], path: str | os.PathLike) -> None:
+    """Set a checked selection's ``affine_min_confidence`` on ``model``'s degradation head (nothing without the key).
+
+    SiplError naming the file and the key when the model has no head with a global affine: the selection was made
+    for another model."""
+    if "affine_min_confidence" not in selection:
+        return
+    if not has_global_affine(model):
+        raise SiplError(f"{path}: 'affine_min_confidence' is set, but the model in {MODEL_JSON} beside it has no "
+                        "degradation head with global_affine; the file was selected for another model: re-run "
+                        "`sipl select` (or `dvc repro select`), or delete the file to pass --steps N")
+    model.head.affine_min_confidence = gate_threshold(selection["affine_min_confidence"])
+
+
 def check_selection(selection: Any, path: str | os.PathLike) -> dict[str, Any]:
     """Check a ``selection.json`` document (``sipl select``'s output) before anything uses it.
 
@@ -144,6 +190,11 @@ def check_selection(selection: Any, path: str | os.PathLike) -> dict[str, Any]:
         raise bad("routing", f"one of {list(_ROUTINGS)}", selection["routing"])
     if "refine_steps" in selection and selection["refine_steps"] != "auto" and not _is_steps(selection["refine_steps"]):
         raise bad("refine_steps", "'auto' or an integer >= 0", selection["refine_steps"])
+    if "affine_min_confidence" in selection and not _is_gate(selection["affine_min_confidence"]):
+        raise bad("affine_min_confidence", f"a probability from 0 to 1 or {NEVER_GATE!r}",
+                  selection["affine_min_confidence"])
+    if "affine_gate" in selection and not isinstance(selection["affine_gate"], dict):
+        raise bad("affine_gate", "an object (the per-gate validation scores)", selection["affine_gate"])
     for key in ("per_task", "per_family"):
         mapping = selection.get(key)
         if mapping is None:

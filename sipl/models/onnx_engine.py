@@ -14,8 +14,8 @@ A model is exported as two graphs (three with SIPL), all on inputs padded to the
 
 Padding and cropping stay in PyTorch (reflect padding exactly as ``Backbone.encode`` does), so every graph sees
 shapes that are multiples of ``multiple`` and its dynamic height and width need no data-dependent arithmetic. The
-exported files are cached by a hash of the weights, the model's config and the library versions
-(``$SIPL_CACHE_DIR`` or ``~/.cache/sipl/onnx``), so each model is exported once per machine.
+exported files are cached by a hash of the weights, the model's config, the head's confidence gate and the library
+versions (``$SIPL_CACHE_DIR`` or ``~/.cache/sipl/onnx``), so each model is exported once per machine and gate.
 """
 
 from __future__ import annotations
@@ -54,11 +54,15 @@ def cache_root() -> Path:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's weights, its config and the exporting library versions (hex, 24 characters)."""
+    """sha256 of the model's weights, its config, its head's confidence gate (``affine_min_confidence``, set from
+    selection.json after the config was written, and a constant of the encode graph) and the exporting library
+    versions (hex, 24 characters)."""
     import onnxruntime
 
+    head = getattr(model, "head", None)
     digest = hashlib.sha256()
     digest.update(json.dumps({"config": getattr(model, "config", None), "graph": GRAPH_VERSION,
+                              "gate": getattr(head, "affine_min_confidence", None),
                               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                              sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
