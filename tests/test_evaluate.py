@@ -126,6 +126,7 @@ def test_eval_steps_document(run_dir):
     assert "classical" in document["splits"]["val"]["dehaze"]
     assert "classical" not in document["splits"]["val"]["derain"]
     assert document["groups"]["test"]["all"]["tasks"] == sorted(TASKS)
+    assert "affine_gate" not in document  # no degradation head: no confidence gate to score (tests/test_gates.py)
 
 
 def test_input_scores_match_scikit_image(run_dir):
@@ -156,6 +157,7 @@ def test_select_outputs(run_dir):
     assert result["split"] == "test"
     assert selection["scheme"] in ("official", "anchored") and 0 <= selection["steps"] <= 2
     assert set(selection["per_task"]) == set(TASKS)
+    assert "affine_min_confidence" not in selection and "affine_min_confidence" not in result["selected"]
     for task in result["tasks"].values():
         assert {"psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "step0_psnr", "sipl_gain"} <= set(task)
     assert "classical_psnr" in result["tasks"]["dehaze"] and "classical_psnr" not in result["tasks"]["derain"]

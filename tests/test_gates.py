@@ -118,6 +118,21 @@ def test_the_onnx_cache_key_holds_the_gate():
     assert model_fingerprint(model) == own
 
 
+def test_the_onnx_graphs_run_with_the_selected_gate(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from sipl.models.runtime import for_inference
+
+    monkeypatch.setenv("SIPL_CACHE_DIR", str(tmp_path / "cache"))
+    directory = _saved(tmp_path, {"steps": 0, "affine_min_confidence": "never"},
+                       model=_sure_and_harmful(_head_model()))
+    model, _ = load_model(directory)
+    x = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(3))
+    fast = next(refine(for_inference(model, "onnx"), x, 0))[1]
+    assert (fast - next(refine(model, x, 0))[1]).abs().max() < 1e-4
+    model.head.affine_min_confidence = 0.9  # the model's own gate applies the (confident) correction
+    assert (fast - next(refine(model, x, 0))[1]).abs().max() > 0.1
+
+
 def test_restore_applies_the_selected_gate(tmp_path, capsys):
     directory = _saved(tmp_path, None, model=_sure_and_harmful(_head_model()))
     photo = (np.random.default_rng(0).random((40, 48, 3)) * 120).astype(np.uint8)

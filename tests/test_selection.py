@@ -131,3 +131,54 @@ def test_routing_per_degradation_reports_each_task_at_its_own_steps():
     assert global_choice["steps"] == 0  # step 2 gains on average but deblur would lose 2 dB
     assert selection.eval_metrics(document, global_choice)["tasks"]["denoise_25"]["psnr"] == 30.0
     assert selection.selection_file(routed)["routing"] == "per_degradation"
+
+
+def _gate_section(psnr_by_task, model="0.9"):
+    """psnr_by_task: task -> PSNR per gate, in the order of the gates below."""
+    gates = ["0.0", "0.5", "0.9", "never"]
+    return {"split": "val", "gates": gates, "model": model, "applied": model,
+            "tasks": {name: {"images": 2, "psnr": dict(zip(gates, values)), "corrected": dict.fromkeys(gates, 0.5)}
+                      for name, values in psnr_by_task.items()}}
+
+
+def test_the_gate_with_the_best_mean_val_psnr_is_chosen():
+    # means: 0.0 -> 25.5, 0.5 -> 26.0, 0.9 -> 25.75, never -> 25.0; no single task decides it
+    section = _gate_section({"dehaze": [27.0, 26.5, 26.0, 24.0], "denoise_25": [24.0, 25.5, 25.5, 26.0]})
+    chosen = selection.choose_gate(section)
+    assert chosen["affine_min_confidence"] == 0.5
+    assert chosen["affine_gate"]["val_psnr"] == {"0.0": 25.5, "0.5": 26.0, "0.9": 25.75, "never": 25.0}
+    assert chosen["affine_gate"]["model"] == 0.9
+    never = _gate_section({"dehaze": [20.0, 20.0, 20.0, 21.0]})
+    assert selection.choose_gate(never)["affine_min_confidence"] == "never"
+
+
+def test_gate_ties_go_to_the_model_s_own_then_to_the_highest():
+    flat = {"dehaze": [25.0, 25.0, 25.0, 25.0]}
+    assert selection.choose_gate(_gate_section(flat, model="0.5"))["affine_min_confidence"] == 0.5
+    assert selection.choose_gate(_gate_section(flat, model="0.8"))["affine_min_confidence"] == "never"
+    # within TIE_DB of the best is a tie; the model's own beats a gate 1e-7 dB better
+    close = {"dehaze": [25.0, 25.0000001, 25.0, 24.0]}
+    assert selection.choose_gate(_gate_section(close, model="0.0"))["affine_min_confidence"] == 0.0
+
+
+def test_the_chosen_gate_reaches_selection_json_and_passes_check_selection(tmp_path):
+    from sipl.models.files import check_selection
+
+    val = {"dehaze": _task("haze", {"anchored": [20.0, 20.5]}), "denoise_25": _task("noise", {"anchored": [30, 30]})}
+    document = _doc(val)
+    plain = selection.selection_file(selection.select(document, "auto", scheme="anchored", schemes=["anchored"]))
+    assert "affine_min_confidence" not in plain and "affine_gate" not in plain  # a model without a gate
+    document["affine_gate"] = _gate_section({"dehaze": [24.0, 25.0, 26.0, 25.0], "denoise_25": [30, 30, 30, 30]})
+    for steps in ("auto", 1):
+        chosen = selection.select(document, steps, scheme="anchored", schemes=["anchored"])
+        written = tmp_path / "selection.json"
+        written.write_text(json.dumps(selection.selection_file(chosen)))
+        reread = check_selection(json.loads(written.read_text()), written)
+        assert reread["affine_min_confidence"] == 0.9 and reread["affine_gate"]["val_psnr"]["0.9"] == 28.0
+        assert selection.eval_metrics(document, chosen)["selected"]["affine_min_confidence"] == 0.9
+        assert selection.benchmark_metrics(document, chosen)["selected"]["affine_min_confidence"] == 0.9
+
+
+def test_a_gate_section_without_tasks_is_a_clear_error():
+    with pytest.raises(SiplError, match="affine_gate"):
+        selection.choose_gate(_gate_section({}))
