@@ -33,6 +33,7 @@ SHRINK: dict[str, Any] = {
     "profiles.tiny.train": {
         "steps": 20, "global_batch": 4, "patch": 32, "warmup_steps": 2, "val_every": 20, "val_max_samples": 4,
         "log_every": 5, "checkpoint_every": 20, "loader_workers": 0, "shuffle_buffer": 8,
+        "init_weights": None,  # two tasks: the shipped model's head has 12 classes (tests/test_shipped_model.py)
     },
     "ray": {"num_workers": 1, "cpus_per_worker": 1},
     "refine": {"max_steps": 1, "schemes": ["anchored"], "scheme": "anchored"},

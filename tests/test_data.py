@@ -75,7 +75,7 @@ def tiny_params(shard_root: Path, **train_overrides) -> "Params":  # noqa: F821
     train = raw["profiles"]["tiny"]["train"]
     train.update({"steps": 6, "global_batch": 4, "patch": 32, "warmup_steps": 2, "val_every": 3, "log_every": 2,
                   "checkpoint_every": 3, "val_max_samples": 2, "loader_workers": 0, "shuffle_buffer": 8,
-                  "lr": 2e-3,
+                  "lr": 2e-3, "init_weights": None,  # 2 tasks: the shipped 11-task model does not fit
                   # the mechanics tests compare loss values over a few steps: pin a plain L1 whatever the recipe
                   "loss": {"l1": 1.0, "charbonnier": 0.0, "fft": 0.0, "psnr": 0.0, "preliminary": 0.5}})
     train.update(train_overrides)

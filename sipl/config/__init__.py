@@ -44,14 +44,15 @@ class Params(Strict):
     _source: str = PrivateAttr(default=PARAMS_FILE)
 
     seed: int = 0
-    profile: Literal["tiny", "small", "paper"] = "tiny"
+    # a key of `profiles` (checked below): tiny, tiny-scratch, small, paper, or one of your own
+    profile: str = Field("tiny", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     refine_steps: Literal["auto"] | int = "auto"
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1)
     splits: SplitsConfig = SplitsConfig()
     crops: CropsConfig = CropsConfig()
     tasks: dict[str, TaskConfig] = Field(min_length=1)
     shards: ShardsConfig = ShardsConfig()
-    profiles: dict[Literal["tiny", "small", "paper"], ProfileConfig]
+    profiles: dict[str, ProfileConfig]
     ray: RayConfig = RayConfig()
     refine: RefineConfig = RefineConfig()
     eval: EvalConfig = EvalConfig()

@@ -103,9 +103,9 @@ class TrainConfig(Strict):
         "degrade each training crop afresh at every read with its task's steps (a new draw per read, seeded by "
         "seed, start step, task, sample key and epoch); false = train on the shards' fixed lq"))
     init_weights: str | None = Field(None, description=(
-        "start from these weights instead of a random initialisation (fine-tuning): a model folder "
-        "(model.safetensors + model.json, e.g. the shipped sipl/pretrained/tiny-bsds432) or a .safetensors file of "
-        "the same model; null = from scratch. A resumed run continues from its checkpoint instead"))
+        "start from these weights instead of a random initialisation (fine-tuning): pretrained:NAME (a model "
+        "shipped inside the package, sipl/pretrained/NAME), a model folder (model.safetensors + model.json) or a "
+        ".safetensors file of the same model; null = from scratch. A resumed run continues from its checkpoint"))
     val_every: int = Field(200, ge=1)
     val_max_samples: int = Field(32, ge=1)
     log_every: int = Field(20, ge=1)

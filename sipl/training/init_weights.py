@@ -16,10 +16,21 @@ _FIX = ("point train.init_weights at weights of the same model (profile model bl
         "to train from scratch")
 
 
+PRETRAINED_PREFIX = "pretrained:"
+
+
 def weights_file(path: str | Path, key: str = "train.init_weights") -> Path:
-    """The ``.safetensors`` file ``path`` names: the file itself, or ``model.safetensors`` in a model folder."""
+    """The ``.safetensors`` file ``path`` names: the file itself, ``model.safetensors`` in a model folder, or for
+    ``pretrained:NAME`` the shipped model NAME inside the installed package (found from any working folder)."""
     from sipl.models.files import MODEL_WEIGHTS
 
+    if str(path).startswith(PRETRAINED_PREFIX):
+        from sipl.models.shipped import shipped_model_dir
+
+        try:
+            return shipped_model_dir(str(path)[len(PRETRAINED_PREFIX):]) / MODEL_WEIGHTS
+        except SiplError as error:
+            raise SiplError(f"{key}: {error}") from None
     target = Path(path)
     if target.is_dir():
         target = target / MODEL_WEIGHTS

@@ -92,9 +92,9 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
                         f"profiles.{params.profile}.train.fresh_degradations is false, so nothing would degrade "
                         "them; set fresh_degradations: true, or shards.train_pairs: true and re-run `sipl synthesize`")
     tasks = list(params.tasks)
-    init_weights = _checked_init_weights(params)
     train_urls = check_shards(root, tasks, "train", manifest=manifest)
     val_urls = check_shards(root, tasks, "val", required=False, manifest=manifest)
+    init_weights = _checked_init_weights(params)
     weights = task_weights({t: params.tasks[t].family for t in tasks}, cfg.task_weights)
     threads = params.ray.threads_per_worker or max(1, int(params.ray.cpus_per_worker))
     task_steps = ({t: params.tasks[t].model_dump(mode="json")["steps"] for t in tasks}
