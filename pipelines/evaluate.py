@@ -2,8 +2,9 @@
 and on every benchmark set of ``data/benchmarks/index.json`` (written by `sipl benchmarks`; shards checked against
 their manifest first).
 
-Writes ``metrics/eval_steps.json`` (benchmark sets under ``"benchmarks"``), ``plots/psnr_vs_steps.csv`` and
-``plots/samples/{task}.png``.
+Writes ``metrics/eval_steps.json`` (benchmark sets under ``"benchmarks"``), ``plots/psnr_vs_steps.csv``,
+``plots/samples/{task}.png`` (the sample grids) and ``plots/sample_images/`` (the same samples one PNG per column,
+of the reporting split and of every benchmark set, for the report's before/after viewer).
 """
 
 from __future__ import annotations
@@ -129,12 +130,13 @@ def run(args: argparse.Namespace) -> int:
         raise SiplError(f"{root}: none of the splits {params.eval.splits} has samples; run `sipl synthesize` "
                         "with non-zero splits.val_fraction / test_fraction")
 
-    benchmark_sets = {}
+    benchmark_sets, benchmark_grids = {}, {}
     for name, (entry, samples_by_task) in benchmark_inputs.items():
         say(f"benchmark {name} ({entry.get('kind')}): {len(samples_by_task)} tasks")
-        results, _ = evaluate.evaluate_split(
+        results, benchmark_grids[name] = evaluate.evaluate_split(
             model, samples_by_task, schemes=list(params.refine.schemes), max_steps=params.refine.max_steps,
             tile=params.eval.tile, tile_overlap=params.eval.tile_overlap, use_classical=params.eval.classical,
+            grid_scheme=grid_scheme, grid_images=params.eval.sample_grid_images,
             max_images=params.eval.max_images_per_task, progress=lambda m, s=name: say(f"benchmark {s} {m}"),
             class_families=class_families)
         benchmark_sets[name] = {"kind": entry.get("kind"), "path": entry.get("path"), "tasks": results,
@@ -161,11 +163,13 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(out / "metrics" / "eval_steps.json", document)
     write_text_atomic(out / "plots" / "psnr_vs_steps.csv",
                       evaluate.psnr_csv(splits[report_split], document["groups"][report_split]))
-    labels = (["input", "step 0"] + [f"{grid_scheme} {k}" for k in range(1, params.refine.max_steps + 1)]
-              + ["ground truth"])
+    labels = [column["label"] for column in evaluate.sample_columns(grid_scheme, params.refine.max_steps)]
     for task, rows in all_grids.items():
         if rows:
             write_png_atomic(evaluate.sample_grid(rows, labels), out / "plots" / "samples" / f"{task}.png")
+    evaluate.write_sample_images(out / "plots" / "sample_images", grid_scheme,
+                                 [(grid_split, "split", all_grids)]
+                                 + [(name, "benchmark", grids) for name, grids in benchmark_grids.items()])
     say(f"done in {document['wall_s']:.1f} s: metrics/eval_steps.json, plots/psnr_vs_steps.csv, "
-        f"plots/samples/ ({len(all_grids)} grids), {len(benchmark_sets)} benchmark set(s)")
+        f"plots/samples/ ({len(all_grids)} grids), plots/sample_images/, {len(benchmark_sets)} benchmark set(s)")
     return 0

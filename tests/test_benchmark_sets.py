@@ -170,6 +170,22 @@ def test_report_has_a_table_per_set(run_dir):
     assert "<th>classical</th><th>step 0</th><th>selected</th>" in page
 
 
+def test_report_shows_the_samples_of_every_set(run_dir):
+    index = json.loads((run_dir / "plots/sample_images/index.json").read_text())
+    assert [(entry["name"], entry["kind"]) for entry in index["sets"]] == [("test", "split"), ("dev", "benchmark"),
+                                                                         ("rain", "benchmark")]
+    page = (run_dir / "reports" / "index.html").read_text()
+    for title in ("test split", "benchmark set dev", "benchmark set rain"):
+        assert f"<h3>{title}</h3>" in page
+    for entry in index["sets"][1:]:
+        for samples in entry["tasks"].values():
+            for sample in samples:
+                for relative in sample["files"].values():
+                    assert relative.startswith(f"benchmarks/{entry['name']}/")
+                    assert (run_dir / "reports" / "samples" / relative).is_file()
+                    assert f'src="samples/{relative}"' in page or f'value="samples/{relative}"' in page
+
+
 def test_empty_list_still_writes_the_output(tmp_path):
     params = bench_params(tmp_path / "params.yaml", [])
     assert main(["benchmarks", "--params", str(params), "--out", str(tmp_path / "benchmarks")]) == 0

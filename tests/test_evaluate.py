@@ -151,6 +151,32 @@ def test_csv_and_sample_grids(run_dir):
     assert width >= 5 * 32 and height > 48  # input, step 0, 1, 2, ground truth
 
 
+def test_sample_images_one_png_per_column(run_dir):
+    """The samples of the grids again, one PNG per column, for the report's before/after viewer."""
+    from PIL import Image
+
+    folder = run_dir / "plots/sample_images"
+    index = json.loads((folder / "index.json").read_text())
+    scheme = yaml.safe_load((run_dir / "params.yaml").read_text())["refine"]["scheme"]
+    assert index["scheme"] == scheme
+    assert [c["key"] for c in index["columns"]] == ["input", "step0", "step1", "step2", "gt"]
+    assert [c["label"] for c in index["columns"]] == ["input", "step 0", f"{scheme} 1", f"{scheme} 2",
+                                                     "ground truth"]
+    assert [(entry["name"], entry["kind"]) for entry in index["sets"]] == [("test", "split")]
+    tasks = index["sets"][0]["tasks"]
+    assert set(tasks) == set(TASKS) and all(len(samples) == 1 for samples in tasks.values())  # sample_grid_images
+    listed = set()
+    for samples in tasks.values():
+        for sample in samples:
+            assert list(sample["files"]) == ["input", "step0", "step1", "step2", "gt"]
+            for relative in sample["files"].values():
+                listed.add(relative)
+                with Image.open(folder / relative) as image:
+                    assert image.size == (sample["size"][1], sample["size"][0])
+    assert listed == {str(p.relative_to(folder)) for p in folder.rglob("*.png")}
+    assert not (run_dir / "plots/sample_images.partial").exists()
+
+
 def test_select_outputs(run_dir):
     result = json.loads((run_dir / "metrics/eval.json").read_text())
     selection = json.loads((run_dir / "models/selection.json").read_text())

@@ -107,6 +107,7 @@ def test_outputs_match_the_design_table():
     assert set(_entries(stages["synthesize"], "outs")) == {"data/shards"}
     assert set(_entries(stages["benchmarks"], "outs")) == {"data/benchmarks"}
     assert set(_entries(stages["train"], "outs")) == {"models/model.safetensors", "models/model.json"}
+    assert set(_entries(stages["evaluate"], "outs")) == {"plots/sample_images"}  # the report's sample viewer
     assert set(_entries(stages["select"], "outs")) == {"models/selection.json"}
     assert set(_entries(stages["report"], "outs")) == {"reports"}
     metrics = {p: o for s in stages.values() for p, o in _entries(s, "metrics").items()}

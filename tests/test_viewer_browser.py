@@ -248,3 +248,55 @@ def test_screenshot_for_the_docs(driver, restored, tmp_path):
     with Image.open(png) as image:
         assert image.size == tuple(driver.execute_script("return [innerWidth, innerHeight]"))
     assert pages.console_errors(driver) == []
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """A report whose samples are flat colours per column (input red, step 0 green, step 1 blue, ground truth
+    white), built from metrics and sample images written here: no model runs."""
+    import json
+
+    from sipl.evaluation.evaluate import write_sample_images
+    from sipl.evaluation.report import build_report
+
+    root = tmp_path_factory.mktemp("report")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "eval.json").write_text(json.dumps({
+        "split": "test", "convention": {}, "versions": {},
+        "selected": {"scheme": "anchored", "steps": 1, "per_task": {"derain": 1}},
+        "tasks": {"derain": {"psnr": 30.0, "ssim": 0.9, "psnr_y": 31.0, "ssim_y": 0.91, "input_psnr": 25.0,
+                             "step0_psnr": 29.0, "sipl_gain": 1.0}},
+        "groups": {"all": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "step0_psnr": 29.0, "sipl_gain": 1.0}}}))
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (255, 255, 255)]
+    row = [np.full((48, 64, 3), colour, np.uint8) for colour in colours]
+    write_sample_images(root / "plots" / "sample_images", "anchored", [("test", "split", {"derain": [row]}),
+                                                                       ("rain 1", "benchmark", {"derain": [row]})])
+    return build_report(root, root / "reports", None)
+
+
+def test_report_samples_switch_what_each_side_shows(driver, report):
+    from selenium.webdriver.support.ui import Select
+
+    pages.open_page(driver, report)
+    pages.console_errors(driver)
+    figures = driver.find_elements("css selector", "figure.cmp")
+    assert len(figures) == 2  # the test split's sample and the benchmark set's
+    figure = figures[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", figure)
+    pages.wait_for(lambda: pages.images_ready(driver, figure), "the sample's images")
+
+    def colours() -> tuple[tuple[int, ...], tuple[int, ...]]:
+        shot = _shot(figure)
+        width = shot.shape[1]
+        return (tuple(int(v) for v in np.median(shot[10:-10, 10:width // 2 - 30], axis=(0, 1))),
+                tuple(int(v) for v in np.median(shot[10:-10, width // 2 + 30:-10], axis=(0, 1))))
+
+    assert colours() == ((200, 30, 30), (30, 30, 200))  # input | the selected step (anchored 1)
+    assert "anchored 1 (selected)" in figure.find_element("css selector", ".cmp-tag-after").text
+    Select(figure.find_element("css selector", "select[data-side=after]")).select_by_visible_text("ground truth")
+    pages.wait_for(lambda: pages.images_ready(driver, figure), "the ground truth")
+    Select(figure.find_element("css selector", "select[data-side=before]")).select_by_visible_text("step 0")
+    pages.wait_for(lambda: pages.images_ready(driver, figure), "step 0")
+    assert colours() == ((30, 200, 30), (255, 255, 255))
+    assert figure.find_element("css selector", ".cmp-tag-before").text == "step 0"
+    assert pages.console_errors(driver) == []

@@ -161,17 +161,18 @@ def console_errors(driver: Any) -> list[str]:
 def make_restored(tmp: Path, model_dir: Path | None = None) -> Path:
     """Write the inputs under ``tmp/photos`` and restore them with a page into ``tmp/restored`` (the tests' tiny
     model unless ``model_dir`` is given); return the output folder."""
-    model_dir = model_dir or write_head_model(tmp / "models")
+    model_dir = Path(model_dir).resolve() if model_dir else write_head_model(tmp / "models")
     write_inputs(tmp / "photos")
-    code = restore_with_page(tmp / "photos", model_dir, tmp / "restored")
+    with contextlib.chdir(tmp):  # relative paths, as a user types them, in the page's header
+        code = restore_with_page(Path("photos"), Path(os.path.relpath(model_dir, tmp)), Path("restored"))
     if code != 1:  # the broken file makes it 1
         raise RuntimeError(f"sipl restore --page exited {code}, not 1")
     return tmp / "restored"
 
 
 def capture_page(driver: Any, page: Path, png: Path) -> Path:
-    """Save a screenshot of the top of ``page`` (its entries' images loaded, the first divider at 35 %) to ``png``
-    (temporary name, then a rename)."""
+    """Save a screenshot of the top of ``page`` (its entries' images loaded, the first divider moved to 35 % with
+    the arrow key) to ``png`` (temporary name, then a rename)."""
     from sipl.atomic_files import temp_path_beside
 
     open_page(driver, page)
@@ -179,8 +180,10 @@ def capture_page(driver: Any, page: Path, png: Path) -> Path:
     for figure in figures[:2]:
         driver.execute_script("arguments[0].scrollIntoView()", figure)
         wait_for(lambda f=figure: images_ready(driver, f), "the images of the first entries")
-    driver.execute_script("window.scrollTo(0, 0); arguments[0].value = 35;",
-                          figures[0].find_element("css selector", "img-comparison-slider"))
+    from selenium.webdriver.common.keys import Keys
+
+    figures[0].find_element("css selector", "img-comparison-slider").send_keys(Keys.ARROW_LEFT * 15)
+    driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.3)  # the slider's 100 ms transition
     png.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_beside(png)
@@ -199,5 +202,5 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sipl-page-") as folder:
         restored = make_restored(Path(folder), Path(arguments.model) if arguments.model else None)
-        with chromium(1200, 1400) as browser:
+        with chromium(1100, 1000) as browser:
             print(capture_page(browser, restored / "index.html", Path(arguments.png)), file=sys.stderr)

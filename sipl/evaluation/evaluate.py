@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -189,6 +191,61 @@ def sample_grid(rows: list[list[np.ndarray]], labels: list[str], min_side: int =
             canvas.paste(Image.fromarray(image), (column * (cell_w + gap), top))
         top += row[0].shape[0] + gap
     return np.asarray(canvas)
+
+
+SAMPLE_IMAGES_INDEX = "index.json"
+
+
+def sample_columns(scheme: str, steps: int) -> list[dict[str, str]]:
+    """The columns of a sample row (``evaluate_split``'s grids): ``[{"key", "label"}]`` for the input, step 0,
+    steps 1..``steps`` of ``scheme`` and the ground truth."""
+    return ([{"key": "input", "label": "input"}, {"key": "step0", "label": "step 0"}]
+            + [{"key": f"step{k}", "label": f"{scheme} {k}"} for k in range(1, steps + 1)]
+            + [{"key": "gt", "label": "ground truth"}])
+
+
+def write_sample_images(folder: Path, scheme: str,
+                        sets: list[tuple[str, str, dict[str, list[list[np.ndarray]]]]]) -> dict[str, Any]:
+    """Write every sample row as one PNG per column, and ``index.json`` listing them, into ``folder``: the images
+    the report compares side by side (``sipl.viewer``). The folder is built as ``{folder}.partial`` and renamed
+    into place when complete, replacing an earlier one as a whole.
+
+    Args:
+        folder: e.g. ``plots/sample_images``.
+        scheme: the refinement scheme of the rows' steps 1..K.
+        sets: ``(name, kind, task -> rows)``; kind ``split`` (files under ``{name}/``) or ``benchmark``
+            (``benchmarks/{name}/``); rows as ``evaluate_split`` keeps them, [input, step 0..K, ground truth].
+    Returns:
+        The index: ``{"version", "scheme", "columns": [{"key", "label"}], "sets": [{"name", "kind", "tasks":
+        {TASK: [{"size": [h, w], "files": {KEY: path relative to folder}}]}}]}``.
+    """
+    from sipl.atomic_files import write_json_atomic
+    from sipl.data.imageio import write_png_atomic
+
+    steps = max((len(row) - 3 for _, _, grids in sets for rows in grids.values() for row in rows), default=0)
+    columns = sample_columns(scheme, steps)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    index: dict[str, Any] = {"version": 1, "scheme": scheme, "columns": columns, "sets": []}
+    for name, kind, grids in sets:
+        base = name if kind == "split" else f"benchmarks/{name}"
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for task, rows in sorted(grids.items()):
+            for number, row in enumerate(rows):
+                files = {}
+                for column, image in zip(columns[:len(row) - 1] + columns[-1:], row):
+                    files[column["key"]] = f"{base}/{task}/{number:02d}-{column['key']}.png"
+                    write_png_atomic(image, staging / files[column["key"]])
+                tasks.setdefault(task, []).append({"size": list(row[0].shape[:2]), "files": files})
+        index["sets"].append({"name": name, "kind": kind, "tasks": tasks})
+    write_json_atomic(staging / SAMPLE_IMAGES_INDEX, index)
+    retired = folder.with_name(folder.name + ".old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if folder.exists():
+        folder.rename(retired)
+    staging.rename(folder)
+    shutil.rmtree(retired, ignore_errors=True)
+    return index
 
 
 def evaluate_split(model: torch.nn.Module, samples_by_task: dict[str, tuple[str, Iterable[Sample]]],

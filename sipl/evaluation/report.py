@@ -1,8 +1,11 @@
-"""``reports/index.html``: one offline page (inline CSS, no scripts, images as relative files under ``reports/``).
+"""``reports/index.html``: one offline page (inline CSS and script, images as relative files under ``reports/``).
 
 Sections: the selected refinement setting, group and per-task tables (input / classical / step 0 / chosen), one
-table per benchmark set (``metrics/benchmarks.json``), the PSNR-vs-steps plot, the sample grids, the training curve
-and the run's params. Plots are matplotlib PNGs (Agg).
+table per benchmark set (``metrics/benchmarks.json``), the PSNR-vs-steps plot, the samples, the training curve and
+the run's params. Plots are matplotlib PNGs (Agg). The samples of the test split and of every benchmark set
+(``plots/sample_images/``) are shown in the before/after viewer of ``sipl restore --page`` (``sipl.viewer``): a
+divider, a flip, zoom to 1:1 pixels, and a choice of what each side shows (input, step 0, each refinement step,
+ground truth).
 """
 
 from __future__ import annotations
@@ -151,6 +154,89 @@ def benchmark_section(document: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def _selected_steps(eval_json: dict[str, Any], task: dict[str, Any] | None) -> int:
+    """The step count the selected setting restores a task with: its own under per-degradation routing."""
+    selected = eval_json["selected"]
+    if selected.get("routing") == "per_degradation" and task and "per_task_steps" in task:
+        return int(task["per_task_steps"])
+    return int(selected["steps"])
+
+
+def sample_section(root: Path, out_dir: Path, eval_json: dict[str, Any], benchmarks: dict[str, Any] | None) -> str:
+    """HTML of the samples: per set (the test split, each benchmark set) and task, one before/after comparison per
+    sample (``sample_comparisons``), each task's grid image (``plots/samples/``) linked. Images are copied under
+    ``out_dir/samples/``. Without ``plots/sample_images/`` (an evaluation from before it existed), the grids."""
+    from sipl.errors import SiplError
+    from sipl.evaluation.evaluate import SAMPLE_IMAGES_INDEX
+
+    grids = {p.stem: p for p in sorted((root / "plots" / "samples").glob("*.png")) if p.stem in eval_json["tasks"]}
+    if grids:
+        (out_dir / "samples").mkdir(exist_ok=True)
+    for grid in grids.values():
+        shutil.copyfile(grid, out_dir / "samples" / grid.name)
+    source = root / "plots" / "sample_images"
+    index = _load_json(source / SAMPLE_IMAGES_INDEX)
+    if index is not None:
+        try:
+            return sample_comparisons(source, index, out_dir, eval_json, benchmarks, grids)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise SiplError(f"{source / SAMPLE_IMAGES_INDEX}: not the expected content ({type(error).__name__}: "
+                            f"{error}); re-run `sipl evaluate`") from None
+    parts = ["<h2>Samples</h2><p class='note'>Columns: degraded input, preliminary restoration (step 0), "
+             "refinement steps, ground truth.</p>"]
+    for name, grid in grids.items():
+        parts.append(f"<h3>{html.escape(name)}</h3>"
+                     f'<img src="samples/{html.escape(grid.name)}" alt="{html.escape(name)}">')
+    if not grids:
+        parts.append("<p class='note'>No sample grids (plots/samples/) found.</p>")
+    return "".join(parts)
+
+
+def sample_comparisons(source: Path, index: dict[str, Any], out_dir: Path, eval_json: dict[str, Any],
+                       benchmarks: dict[str, Any] | None, grids: dict[str, Path]) -> str:
+    """The samples of ``source`` (``plots/sample_images``, described by ``index``) as before/after comparisons:
+    the input on the left, the selected restoration on the right (the task's own step count under per-degradation
+    routing), either side switchable to any column. Their files are copied to ``out_dir/samples/``."""
+    from sipl.viewer import component
+
+    selected_scheme = eval_json["selected"]["scheme"]
+    sets, number = [], 0
+    for entry in index["sets"]:
+        results = (eval_json["tasks"] if entry["kind"] == "split"
+                   else (benchmarks or {}).get("sets", {}).get(entry["name"], {}).get("tasks", {}))
+        tasks = []
+        for task, samples in entry["tasks"].items():
+            steps = _selected_steps(eval_json, results.get(task))
+            # the samples hold the steps of one scheme: the selection's own only when it chose that scheme
+            chosen = f"step{steps}" if steps == 0 or selected_scheme == index["scheme"] else None
+            comparisons = []
+            for sample in samples:
+                views = {}
+                for column in index["columns"]:
+                    relative = sample["files"].get(column["key"])
+                    if relative is None:
+                        continue
+                    target = out_dir / "samples" / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / relative, target)
+                    url = component.relative_url(target, out_dir)
+                    label = column["label"] + (" (selected)" if column["key"] == chosen else "")
+                    views[column["key"]] = component.View(label, url, url)
+                last_step = list(views.values())[-2]
+                number += 1
+                height, width = sample["size"]
+                comparisons.append(component.Comparison(
+                    key=f"sample-{number}", name=f"{entry['name']} {task} sample {len(comparisons) + 1}",
+                    width=width, height=height, before=views["input"], after=views.get(chosen or "", last_step),
+                    choices=tuple(views.values())))
+            grid = grids.get(task) if entry["kind"] == "split" else None
+            tasks.append({"name": task, "steps": steps, "comparisons": comparisons,
+                          "grid": component.relative_url(out_dir / "samples" / grid.name, out_dir) if grid else None})
+        title = f"{entry['name']} split" if entry["kind"] == "split" else f"benchmark set {entry['name']}"
+        sets.append({"title": title, "tasks": tasks})
+    return component.render("report_samples.html.j2", sets=sets, scheme=selected_scheme)
+
+
 def _load_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -175,7 +261,6 @@ def build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
 
 
 def _build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
-    from sipl.atomic_files import write_text_atomic
     from sipl.errors import SiplError
 
     eval_json = _load_json(root / "metrics" / "eval.json")
@@ -217,18 +302,8 @@ def _build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
     else:
         parts.append("<p class='note'>metrics/eval_steps.json not found: run `sipl evaluate`.</p>")
 
-    parts.append("<h2>Samples</h2><p class='note'>Columns: degraded input, preliminary restoration (step 0), "
-                 "refinement steps, ground truth.</p>")
-    samples = sorted((root / "plots" / "samples").glob("*.png"))
-    samples = [p for p in samples if p.stem in eval_json["tasks"]]
-    if samples:
-        (out_dir / "samples").mkdir(exist_ok=True)
-    for sample in samples:
-        shutil.copyfile(sample, out_dir / "samples" / sample.name)
-        parts.append(f"<h3>{html.escape(sample.stem)}</h3>"
-                     f'<img src="samples/{html.escape(sample.name)}" alt="{html.escape(sample.stem)}">')
-    if not samples:
-        parts.append("<p class='note'>No sample grids (plots/samples/) found.</p>")
+    samples = sample_section(root, out_dir, eval_json, _load_json(root / "metrics" / "benchmarks.json"))
+    parts.append(samples)
 
     parts.append("<h2>Training</h2>")
     if train_json:
@@ -250,8 +325,15 @@ def _build_report(root: Path, out_dir: Path, params_text: str | None) -> Path:
     parts.append(f"<pre>{html.escape(params_text)}</pre>" if params_text
                  else "<p class='note'>params.yaml not found.</p>")
 
+    from sipl.data.imageio import write_bytes_atomic
+    from sipl.viewer.component import assets
+
+    # the samples' before/after viewer, inlined (the page opens from disk), where there are samples to compare
+    viewer = assets() if '<figure class="cmp"' in samples else {"css": "", "js": ""}
+    script = f"<script>{viewer['js']}</script>" if viewer["js"] else ""
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>SIPL report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+            "<link rel='icon' href='data:,'>"
+            f"<style>{CSS}{viewer['css']}</style></head><body>{''.join(parts)}{script}</body></html>\n")
     index = out_dir / "index.html"
-    write_text_atomic(index, page)
+    write_bytes_atomic(page.encode("utf-8"), index)
     return index
