@@ -50,6 +50,17 @@ class _Collector(HTMLParser):
             self.cells.append(data.strip())
 
 
+def write_minimal_eval_json(root: Path) -> None:
+    """``root/metrics/eval.json`` with one task (derain, 1 anchored step selected) and nothing else."""
+    (root / "metrics").mkdir()
+    (root / "metrics" / "eval.json").write_text(json.dumps({
+        "split": "test", "convention": {}, "versions": {},
+        "selected": {"scheme": "anchored", "steps": 1, "per_task": {"derain": 1}},
+        "tasks": {"derain": {"psnr": 30.0, "ssim": 0.9, "psnr_y": 31.0, "ssim_y": 0.91, "input_psnr": 25.0,
+                             "step0_psnr": 29.0, "sipl_gain": 1.0}},
+        "groups": {"all": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "step0_psnr": 29.0, "sipl_gain": 1.0}}}))
+
+
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
@@ -121,13 +132,7 @@ def test_missing_eval_json_is_a_clear_error(tmp_path, capsys):
 def test_report_without_optional_inputs(tmp_path):
     """Only metrics/eval.json: the page still renders and says what is missing."""
     source = Path(__file__).resolve().parents[1] / "params.yaml"
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({
-        "split": "test", "convention": {}, "versions": {},
-        "selected": {"scheme": "anchored", "steps": 1, "per_task": {"derain": 1}},
-        "tasks": {"derain": {"psnr": 30.0, "ssim": 0.9, "psnr_y": 31.0, "ssim_y": 0.91, "input_psnr": 25.0,
-                             "step0_psnr": 29.0, "sipl_gain": 1.0}},
-        "groups": {"all": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "step0_psnr": 29.0, "sipl_gain": 1.0}}}))
+    write_minimal_eval_json(tmp_path)
     assert main(["report", "--params", str(source), "--root", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
     assert "run `sipl evaluate`" in page and "plots/train.csv not found" in page and "<img" not in page

@@ -254,19 +254,12 @@ def test_screenshot_for_the_docs(driver, restored, tmp_path):
 def report(tmp_path_factory) -> Path:
     """A report whose samples are flat colours per column (input red, step 0 green, step 1 blue, ground truth
     white), built from metrics and sample images written here: no model runs."""
-    import json
-
     from sipl.evaluation.evaluate import write_sample_images
     from sipl.evaluation.report import build_report
+    from tests.test_report import write_minimal_eval_json
 
     root = tmp_path_factory.mktemp("report")
-    (root / "metrics").mkdir()
-    (root / "metrics" / "eval.json").write_text(json.dumps({
-        "split": "test", "convention": {}, "versions": {},
-        "selected": {"scheme": "anchored", "steps": 1, "per_task": {"derain": 1}},
-        "tasks": {"derain": {"psnr": 30.0, "ssim": 0.9, "psnr_y": 31.0, "ssim_y": 0.91, "input_psnr": 25.0,
-                             "step0_psnr": 29.0, "sipl_gain": 1.0}},
-        "groups": {"all": {"psnr": 30.0, "ssim": 0.9, "input_psnr": 25.0, "step0_psnr": 29.0, "sipl_gain": 1.0}}}))
+    write_minimal_eval_json(root)
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (255, 255, 255)]
     row = [np.full((48, 64, 3), colour, np.uint8) for colour in colours]
     write_sample_images(root / "plots" / "sample_images", "anchored", [("test", "split", {"derain": [row]}),
