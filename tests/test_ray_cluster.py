@@ -16,6 +16,7 @@ import boto3
 import pytest
 import yaml
 
+from sipl.data.shards import data_root, train_entries
 from tests.pipeline_fixtures import cli_env, make_project, run
 from tests.services import create_bucket, free_port, stop_process_group, venv_tool
 
@@ -94,8 +95,10 @@ def test_two_node_cluster_trains_from_s3_shards_each_worker_reading_its_part(s3_
     for rank, task, urls in re.findall(r"\[sipl data\] rank (\d+) slot \d+/2 task (\S+) reads \d+ shard\(s\) "
                                        r"\(every 1\. sample\): (.+)", output):
         reads.setdefault((task, rank), set()).update(urls.split())
+    entries = train_entries(manifest, params["tasks"])
     for task in params["tasks"]:
-        every = {f"{shards_root}/train/{s['name']}" for s in manifest["splits"]["train"][task]["shards"]}
+        # the shards of the set's generation, which the manifest names (sipl.data.publish)
+        every = {f"{data_root(shards_root, manifest)}/train/{s['name']}" for s in entries[task]["shards"]}
         assert len(every) >= 2, f"{task}: need at least one shard per worker"
         mine0, mine1 = reads.get((task, "0"), set()), reads.get((task, "1"), set())
         assert mine0 and mine1, output[-4000:]

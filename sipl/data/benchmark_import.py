@@ -35,7 +35,7 @@ from sipl.data.shards import (MANIFEST, SKIPPED, Sample, is_remote, join, read_b
 from sipl.data.sources import safe_id
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
-from sipl.storage import StorageError, files_under
+from sipl.storage import files_under
 
 CDD11_TYPES = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow", "haze_rain", "haze_snow",
                "low_haze_rain", "low_haze_snow")
@@ -273,8 +273,7 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         raise SiplError(f"{root}: no usable {kind} pairs found")
     # Local: a staging folder swapped in when complete; S3: a new generation, switched to by the manifest. Either
     # way an earlier import of this kind stays readable until the new one is complete.
-    target = NewSet(out_root)
-    try:
+    with NewSet(out_root) as target:
         tasks = {}
         for task, samples in sorted(by_task.items()):
             entries = write_task_shards(target.out, "test", task, samples, encoding, maxcount)
@@ -282,12 +281,5 @@ def import_benchmark(kind: str, directory: str | Path, out_root: str, sigmas: li
         manifest = {"version": 1, "encoding": encoding, "seed": seed, "benchmark": kind, "splits": {"test": tasks},
                     "sources": {"test": sorted({s.meta["source_id"] for v in by_task.values() for s in v})},
                     "skipped": len(problems)}
-        manifest = target.commit(manifest, [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]}
-                                            for p in problems])
-    except StorageError as error:
-        target.abandon()
-        raise StorageError(f"{error}; {target.kept()}") from None
-    except BaseException:
-        target.abandon()
-        raise
-    return manifest
+        return target.commit(manifest, [{"uri": p.split(": ", 1)[0], "reason": p.split(": ", 1)[-1]}
+                                        for p in problems])

@@ -56,8 +56,8 @@ def swap(staging: str, root: str) -> None:
 
 
 class NewSet:
-    """A shard set being written to ``root``: shards go under ``out``; ``commit`` makes the set current and
-    ``abandon`` drops it after a failure (locally; on S3 the next successful run removes it)."""
+    """A shard set being written to ``root``: shards go under ``out``; ``commit`` makes the set current. Used as a
+    context manager, a failure inside drops the set (``abandon``) and a StorageError says what was kept (``kept``)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -86,6 +86,16 @@ class NewSet:
             print(f"sipl: warning: the new set at {self.root} is complete and current, but older objects could not "
                   f"be removed ({error}); the next successful run removes them", file=sys.stderr, flush=True)
         return manifest
+
+    def __enter__(self) -> "NewSet":
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
+        if error is None:
+            return
+        self.abandon()
+        if isinstance(error, StorageError):
+            raise StorageError(f"{error}; {self.kept()}") from None
 
     def abandon(self) -> None:
         """After a failure: remove a local staging folder (an S3 generation is left for the next run to remove)."""

@@ -28,7 +28,6 @@ from sipl.data.shards import (CLEAN_SET, MANIFEST, SKIPPED, SPLITS, Sample, is_r
 from sipl.data.sources import SourceImage, Skipped, assign_splits, load_sources
 from sipl.errors import SiplError
 from sipl.seeding import derive_seed
-from sipl.storage import StorageError
 
 # With shards on S3, the manifest and the skipped list are mirrored here so the DVC stage has a local output.
 LOCAL_INDEX_DIR = "data/shards"
@@ -152,37 +151,35 @@ def synthesize(params: Params, workers: int | None = None, progress: bool = True
                 skipped.append(Skipped(image.uri, f"{image.image.shape[1]}x{image.image.shape[0]} is smaller than "
                                                   f"the {split} crop (crops.{split})"))
     root = params.shards.root
-    target = NewSet(root)  # a staging folder, or on S3 a new generation that no manifest names yet
-    _STATE.update(params=params, by_split=by_split, out_root=target.out)
     jobs = [Job(split, task) for split in SPLITS for task in _split_sets(params, split) if by_split[split]]
     workers = workers or min(len(jobs), os.cpu_count() or 1, 4)
-    results = []
-    try:
-        if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            try:
-                results = list(_progress(pool.map(_run_job, jobs), len(jobs), progress))
-            finally:
-                # After a failure the jobs not started yet are cancelled: an unreachable endpoint would otherwise
-                # cost every remaining job its full retry time before the error is shown.
-                pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            results = list(_progress(map(_run_job, jobs), len(jobs), progress))
+    # A staging folder, or on S3 a new generation that no manifest names yet; dropped if anything fails.
+    with NewSet(root) as target:
+        _STATE.update(params=params, by_split=by_split, out_root=target.out)
+        try:
+            results = _run_jobs(jobs, workers, progress)
+        finally:
+            _STATE.clear()
         manifest = target.commit(_manifest(params, results, by_split, skipped),
                                  [{"uri": s.uri, "reason": s.reason} for s in skipped])
-    except StorageError as error:
-        target.abandon()
-        raise StorageError(f"{error}; {target.kept()}") from None
-    except BaseException:
-        target.abandon()
-        raise
-    finally:
-        _STATE.clear()
     if is_remote(root):
         write_json(str(Path(LOCAL_INDEX_DIR, MANIFEST)), manifest)
         write_json(str(Path(LOCAL_INDEX_DIR, SKIPPED)), [{"uri": s.uri, "reason": s.reason} for s in skipped])
     print(summary_table(manifest, skipped, time.perf_counter() - started))
     return manifest
+
+
+def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> list:
+    """Each job's (job, manifest entries, sample count), in job order; ``workers`` forked processes when > 1."""
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        try:
+            return list(_progress(pool.map(_run_job, jobs), len(jobs), progress))
+        finally:
+            # After a failure the jobs not started yet are cancelled: an unreachable endpoint would otherwise cost
+            # every remaining job its full retry time before the error is shown.
+            pool.shutdown(wait=True, cancel_futures=True)
+    return list(_progress(map(_run_job, jobs), len(jobs), progress))
 
 
 def _split_sets(params: Params, split: str) -> list[str]:
