@@ -4,9 +4,11 @@ Retries. Every s3fs filesystem sipl creates (shards, sources, benchmark imports,
 through fsspec's per-protocol config, botocore's ``standard`` retry mode: a request that fails transiently (the
 connection is refused or dropped, a timeout, HTTP 500/502/503/504, throttling) is sent again, up to
 ``AWS_MAX_ATTEMPTS`` attempts in all (default ``DEFAULT_ATTEMPTS``), with exponential backoff and jitter (a random
-wait of at most 1, 2, 4, 8 s before the 2nd, 3rd, 4th, 5th attempt); s3fs adds ``S3FS_ROUNDS`` − 1 more such round for
-a response cut off while its body is read. Connect and read timeouts: ``CONNECT_TIMEOUT_S``, ``READ_TIMEOUT_S``.
-With the defaults one request gives up after about 30 s of backoff at most (typically half that) plus the timeouts.
+wait of at most 1, 2, 4, 8 s before the 2nd, 3rd, 4th, 5th attempt); s3fs repeats such a round once more
+(``S3FS_ROUNDS`` in all) for a dropped connection or a response cut off while its body is read. Connect and read
+timeouts: ``CONNECT_TIMEOUT_S``, ``READ_TIMEOUT_S``. With the defaults one request against an endpoint that drops
+every connection gives up after about 15 s (at most 30 s of backoff), plus the timeouts against one that does not
+answer at all.
 ``AWS_RETRY_MODE`` and ``AWS_MAX_ATTEMPTS`` override the mode and the attempts, as for any AWS tool; DVC, run by the
 Prefect flow, gets the same defaults through its environment (``retry_env``). The first retry of an operation prints
 one warning line (``sipl: warning: S3 endpoint ...: retrying``); a drop that the retries outlast costs nothing more.
