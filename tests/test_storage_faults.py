@@ -191,6 +191,30 @@ def test_import_benchmark_to_s3_keeps_the_earlier_import_and_recovers(s3, tmp_pa
     assert {key.split("/")[1] for key in _objects(s3["direct"], bucket)} == {second["generation"], "manifest.json"}
 
 
+@pytest.mark.slow
+def test_a_set_written_before_generations_reads_and_is_replaced_whole(s3, tmp_path):
+    """An S3 import in the flat layout of earlier versions (``{root}/test/...``, a manifest without generation)
+    still reads; the next import writes a generation, switches the manifest and then removes the flat objects."""
+    from sipl.data.benchmark_import import import_benchmark
+    from sipl.data.shards import write_json
+
+    bucket = "faults-legacy"
+    create_bucket(s3["direct"], bucket)
+    out = f"s3://{bucket}/rain"
+    local = import_benchmark("rain100l", _rain_layout(tmp_path / "rain3", 3), str(tmp_path / "flat"))
+    for path in sorted((tmp_path / "flat").rglob("*")):  # the same files, flat on S3, as earlier versions wrote
+        if path.is_file():
+            storage.write(f"{out}/{path.relative_to(tmp_path / 'flat').as_posix()}", path.read_bytes())
+    write_json(f"{out}/manifest.json", local)
+    assert "generation" not in local and _verified(out) == local
+    assert main(["import-benchmark", "rain100l", str(_rain_layout(tmp_path / "rain2", 2)), "-o", out]) == 0
+    current = _verified(out)
+    assert current["splits"]["test"]["derain"]["samples"] == 2
+    assert sorted(_objects(s3["direct"], bucket)) == sorted(
+        ["rain/manifest.json", f"rain/{current['generation']}/skipped.json",
+         f"rain/{current['generation']}/test/derain-000000.tar"])
+
+
 # --------------------------------------------------------------------------------------------------- readers
 
 @pytest.fixture
