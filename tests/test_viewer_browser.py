@@ -207,9 +207,8 @@ def test_zoom_shows_full_resolution_pixels_one_to_one(page, restored):
     assert width == pages.LARGE_SIDE
     for image in images:
         natural, shown = page.execute_script(
-            "const i = arguments[0]; return [[i.naturalWidth, i.naturalHeight], "
-            "[i.getBoundingClientRect().width * devicePixelRatio, i.getBoundingClientRect().height * devicePixelRatio]]",
-            image)
+            "const i = arguments[0], box = i.getBoundingClientRect(); return [[i.naturalWidth, i.naturalHeight], "
+            "[box.width * devicePixelRatio, box.height * devicePixelRatio]]", image)
         assert natural == [width, height] and shown == [width, height]  # one image pixel per screen pixel
     assert "1:1" in figure.text and _value(page, figure) == 50
 

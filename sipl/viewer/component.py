@@ -32,7 +32,7 @@ TEMPLATES = HERE / "templates"
 # others (TIFF, PPM/PGM) get a PNG copy beside the page.
 BROWSER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"})
 # Longer side of the images shown fitted to the page; larger images get JPEG thumbnails of this side, so a page of
-# hundreds of 24-megapixel photos loads about 0.3 MB per image side, and only when scrolled into view.
+# hundreds of 24-megapixel photos loads a few hundred kB per image side, and only when scrolled into view.
 THUMBNAIL_SIDE = 1280
 THUMBNAIL_QUALITY = 90
 
