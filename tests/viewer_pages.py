@@ -90,8 +90,8 @@ def chromium_or_reason() -> tuple[str, str] | str:
     missing = [what for what, path in (("chromium", browser), ("chromedriver (chromium-driver)", driver))
                if path is None]
     if missing:
-        return (f"{' and '.join(missing)} not on the PATH; install Debian's `apt-get install chromium "
-                "chromium-driver` (.ci/run does) to run the browser test")
+        return (f"{' and '.join(missing)} not on the PATH; install Debian's packages (`apt-get install chromium "
+                "chromium-driver`; .ci/run does) to run the browser test")
     try:
         import selenium  # noqa: F401
     except ImportError:
