@@ -44,7 +44,8 @@ def test_model_build_arguments_carry_the_overrides():
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["shards"].update(encodng="npy"), "shards.encodng: unknown key"),
-    (lambda r: r.update(profile="huge"), "profile: got 'huge'; allowed: 'tiny', 'small' or 'paper'"),
+    (lambda r: r.update(profile="huge"), "profile 'huge' has no block under 'profiles' (have: ['paper', 'small', "),
+    (lambda r: r.update(profile="Huge!"), "profile: String should match pattern"),
     (lambda r: r["shards"].update(encoding="jpeg"), "shards.encoding: got 'jpeg'; allowed: 'npy' or 'png'"),
     (lambda r: r["profiles"]["tiny"]["train"].update(steps=0), "profiles.tiny.train.steps"),
     (lambda r: r.update(refine_steps=9), "refine_steps=9 exceeds refine.max_steps=3"),
