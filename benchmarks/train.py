@@ -276,7 +276,9 @@ class _BenchmarkData:
             raw["tasks"] = self.tasks
         raw["profiles"][raw["profile"]]["train"].update({
             "steps": steps, "global_batch": global_batch, "max_worker_batch": None, "val_every": 10 ** 6,
-            "checkpoint_every": 10 ** 6, "log_every": steps, "loader_workers": loader_workers})
+            "checkpoint_every": 10 ** 6, "log_every": steps, "loader_workers": loader_workers,
+            # throughput does not depend on where the weights start; the stand-in tasks would not fit the shipped head
+            "init_weights": None})
         raw["ray"].update({"num_workers": workers, "cpus_per_worker": 1, "threads_per_worker": 1,
                            "run_name": f"bench-{workers}w-{time.time_ns()}"})
         return parse_params(raw, source="benchmark")

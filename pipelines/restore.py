@@ -43,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=None,
                         help="tile side in pixels for large images; 0 = never tile (default: 512 above 512 px)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="overlap between tiles in pixels")
-    parser.add_argument("--model", default="models", help="exported model folder (default: models)")
+    parser.add_argument("--model", default=None,
+                        help="exported model folder (default: models/ when the pipeline has trained one, else the "
+                             "shipped model sipl/pretrained/tiny-bsds432)")
     parser.add_argument("--engine", choices=["auto", "onnx", "eager"], default="auto",
                         help="how the model runs: onnx (ONNX Runtime, the fast CPU path), eager (PyTorch); "
                              "auto = onnx on CPU, eager on CUDA")
@@ -111,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
         from sipl.viewer import restore_page
 
         restore_page.check_output_folder(args.output)  # an index.html sipl did not write is never replaced
+    if args.model is None:
+        from sipl.models.shipped import default_model_dir
+
+        args.model, why = default_model_dir()
+        print(f"sipl restore: model: {why}", file=sys.stderr)
     model, meta = sipl.load_model(args.model)
     steps, scheme, source = resolve_setting(args, meta)
     from sipl.models.runtime import for_inference
