@@ -101,6 +101,7 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
     tasks = list(tasks)
     entries = train_entries(manifest, tasks) if split == "train" else {task: listed.get(task) for task in tasks}
     result: dict[str, list[str]] = {}
+    checked: set[str] = set()  # a clean-only train split lists one set for every task: check each shard once
     for task in tasks:
         entry = entries[task]
         shards = (entry or {}).get("shards") or []
@@ -115,6 +116,10 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
         urls = []
         for shard in shards:
             url = join(base, split, shard["name"])
+            urls.append(url)
+            if url in checked:
+                continue
+            checked.add(url)
             size = _object_size(url)
             if size is None:
                 raise SiplError(f"shard {url} (task '{task}', split '{split}') is listed in the manifest but "
@@ -128,7 +133,6 @@ def check_shards(root: str, tasks: Iterable[str], split: str, *, required: bool 
                     raise SiplError(f"shard {url} (task '{task}', split '{split}') is corrupt or truncated: sha256 "
                                     f"{digest[:12]}… does not match the manifest's {shard['sha256'][:12]}…; "
                                     "re-run `sipl synthesize` or `dvc pull`")
-            urls.append(url)
         result[task] = urls
     return result
 

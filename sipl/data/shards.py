@@ -263,11 +263,17 @@ def data_root(root: str, manifest: dict[str, Any]) -> str:
     return join(root, generation) if generation else root
 
 
+def clean_only_train(manifest: dict[str, Any]) -> bool:
+    """Whether the train split holds clean crops only (``shards.train_pairs: false``; manifests written before the
+    key hold pairs)."""
+    return manifest.get("train_pairs", True) is False
+
+
 def train_entries(manifest: dict[str, Any], tasks: Iterable[str]) -> dict[str, dict[str, Any] | None]:
     """The manifest's train entry of each task; in a clean-only train split (``shards.train_pairs: false``) every
     task reads the one ``clean`` entry."""
     listed = manifest.get("splits", {}).get("train", {})
-    if manifest.get("train_pairs", True) is False:
+    if clean_only_train(manifest):
         return {task: listed.get(CLEAN_SET) for task in tasks}
     return {task: listed.get(task) for task in tasks}
 
@@ -281,7 +287,7 @@ def shard_urls(root: str, split: str, task: str | None = None, manifest: dict[st
     if not tasks:
         raise SiplError(f"{join(root, MANIFEST)}: split '{split}' has no shards; check splits.* fractions and "
                         "re-run `sipl synthesize`")
-    if task is not None and split == "train" and manifest.get("train_pairs", True) is False:
+    if task is not None and split == "train" and clean_only_train(manifest):
         task = CLEAN_SET  # a clean-only train split: every task reads the clean crops
     if task is not None:
         if task not in tasks or not tasks[task]["shards"]:

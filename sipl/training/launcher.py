@@ -67,7 +67,7 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     from dataclasses import asdict
 
     from sipl.data.loader import check_shards, task_weights
-    from sipl.data.shards import is_remote, read_manifest
+    from sipl.data.shards import clean_only_train, is_remote, read_manifest
     from sipl.training.schedule import batch_plan
 
     from sipl.models.registry import check_arguments
@@ -87,7 +87,7 @@ def make_spec(params, *, stop_at_step: int | None = None, pid_dir: str | None = 
     # Ray workers do not run in the driver's working directory: hand them absolute local shard paths.
     root = params.shards.root if is_remote(params.shards.root) else str(Path(params.shards.root).resolve())
     manifest = read_manifest(root)
-    if manifest.get("train_pairs", True) is False and not cfg.fresh_degradations:
+    if clean_only_train(manifest) and not cfg.fresh_degradations:
         raise SiplError(f"{root}: the train shards hold clean crops only (shards.train_pairs: false), but "
                         f"profiles.{params.profile}.train.fresh_degradations is false, so nothing would degrade "
                         "them; set fresh_degradations: true, or shards.train_pairs: true and re-run `sipl synthesize`")
